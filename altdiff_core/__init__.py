@@ -1,0 +1,46 @@
+"""altdiff_core: the AltDiffusion engine (load → encode prompt → prepare latents → denoise → decode).
+
+Pure torch/diffusers/transformers; it never imports ComfyUI. The nodes in ``nodes/`` are thin adapters
+over these functions.
+"""
+
+from .components import VAE, DiffusionModel, LoadedModel, TextEncoder
+from .denoise import prepare_noise, sample_latent
+from .errors import (
+    AltDiffusionError,
+    InvalidInputError,
+    ModelFormatError,
+    ModelNotFoundError,
+    NotAltDiffusionError,
+)
+from .loading import DTYPES, check_folder, is_altdiffusion_folder, load_folder
+from .prompt_stage import encode_prompt
+from .samplers import SAMPLERS
+from .schedules import SCHEDULERS
+from .vae_stage import decode_latent, encode_image
+from .variants import VARIANTS, Variant
+
+__all__ = [
+    "DTYPES",
+    "SAMPLERS",
+    "SCHEDULERS",
+    "VAE",
+    "VARIANTS",
+    "AltDiffusionError",
+    "DiffusionModel",
+    "InvalidInputError",
+    "LoadedModel",
+    "ModelFormatError",
+    "ModelNotFoundError",
+    "NotAltDiffusionError",
+    "TextEncoder",
+    "Variant",
+    "check_folder",
+    "decode_latent",
+    "encode_image",
+    "encode_prompt",
+    "is_altdiffusion_folder",
+    "load_folder",
+    "prepare_noise",
+    "sample_latent",
+]

@@ -1,0 +1,99 @@
+"""The loaded parts of an AltDiffusion model, as the nodes pass them between each other.
+
+Each is a plain dataclass around a torch module; the nodes send them under the pack's own socket types
+(``ALTDIFF_TEXT_ENCODER``, ``ALTDIFF_MODEL``, ``ALTDIFF_VAE``). Devices and dtypes are recorded so that
+every stage can put its inputs where the module lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from .schedules import DiscreteSchedule
+from .text_encoder import AltTextEncoder
+from .tokenizer import XLMRTokenizer
+from .variants import Variant
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(eq=False)
+class TextEncoder:
+    """XLM-R encoder + tokenizer. ``module`` runs on ``device`` in ``dtype``."""
+
+    module: AltTextEncoder
+    tokenizer: XLMRTokenizer
+    variant: Variant
+    device: torch.device
+    dtype: torch.dtype
+    source: Path
+
+    @property
+    def context_dim(self) -> int:
+        return self.module.context_dim
+
+
+@dataclass(eq=False)
+class DiffusionModel:
+    """The UNet (epsilon prediction) and its discrete noise schedule."""
+
+    unet: UNet2DConditionModel
+    schedule: DiscreteSchedule
+    variant: Variant
+    device: torch.device
+    dtype: torch.dtype
+    source: Path
+    latent_scale: float = 0.18215
+    """Raw VAE latent × this = what the UNet was trained on (the SD VAE's scaling factor)."""
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+
+@dataclass(eq=False)
+class VAE:
+    """The SD VAE. Latents outside it are raw (unscaled); ``scaling_factor`` maps them to model space."""
+
+    module: AutoencoderKL
+    scaling_factor: float
+    device: torch.device
+    dtype: torch.dtype
+    source: Path
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.module.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.module.config.latent_channels)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """Everything one AltDiffusion checkpoint provides."""
+
+    text_encoder: TextEncoder
+    model: DiffusionModel
+    vae: VAE
+    info: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for logs and the loader's info output."""
+        i = self.info
+        return (
+            f"AltDiffusion-{i['variant']} from {i['source']}: {i['dtype']} on {i['device']}; parameters: "
+            f"text encoder {i['params']['text_encoder'] / 1e6:.1f} M, UNet {i['params']['unet'] / 1e6:.1f} M, "
+            f"VAE {i['params']['vae'] / 1e6:.1f} M; conditioning width {i['context_dim']}"
+        )

@@ -1,0 +1,280 @@
+"""Denoising stage: the sampling loop with classifier-free guidance, computed as ComfyUI's KSampler computes it.
+
+Everything happens in k-diffusion's (VE) parameterisation on the float32 CPU-or-device latent ``x``:
+
+- the UNet sees ``x / sqrt(σ² + 1)`` at timestep ``schedule.timestep(σ)`` (nearest of the 1000 training steps),
+  in the model's dtype, and predicts ε; the denoised estimate is ``x − ε·σ``;
+- CFG: ``uncond + (cond − uncond)·cfg`` (on ε, which is the same mix); cfg = 1 skips the unconditional pass;
+- several conditioning entries (``ConditioningCombine``) are averaged weighted by their ``strength``, and entries
+  with ``start_percent``/``end_percent`` (``ConditioningSetTimestepRange``) only act inside their σ range;
+- noise: ``torch.manual_seed(seed)`` + ``randn`` of the latent's shape on the CPU (per-index with ``batch_index``);
+  start ``x = noise·sqrt(1 + σ₀²)`` at full denoise, else ``latent·scale + noise·σ₀``;
+- ``noise_mask`` (1 = resample) keeps the rest of the latent pinned, as ``KSamplerX0Inpaint`` does.
+
+Latents in and out are raw (unscaled) VAE latents ``[B, 4, H/8, W/8]`` float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .components import DiffusionModel
+from .convert import latent_to_model, model_to_latent
+from .errors import InvalidInputError
+from .samplers import SAMPLERS
+from .samplers import sample as run_sampler
+from .schedules import sigmas_for
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+"""``callback(step, total, x, denoised)``: called after each step; raise to cancel."""
+
+UNSUPPORTED_COND_KEYS = {
+    "area": "area conditioning (ConditioningSetArea)",
+    "mask": "mask conditioning (ConditioningSetMask)",
+    "control": "ControlNet",
+    "gligen": "GLIGEN",
+    "hooks": "conditioning hooks",
+}
+
+
+@dataclass(frozen=True)
+class CondEntry:
+    """One conditioning entry as the sampler uses it.
+
+    Attributes:
+        context: float ``[1, T, context_dim]``.
+        strength: weight in the average over entries.
+        sigma_start, sigma_end: the entry acts while ``sigma_end ≤ σ ≤ sigma_start``.
+    """
+
+    context: torch.Tensor
+    strength: float = 1.0
+    sigma_start: float = math.inf
+    sigma_end: float = 0.0
+
+
+def percent_to_sigma(model: DiffusionModel, percent: float) -> float:
+    """ComfyUI's ``ModelSamplingDiscrete.percent_to_sigma``: 0 → above σ_max, 1 → 0."""
+    if percent <= 0.0:
+        return 999999999.9
+    if percent >= 1.0:
+        return 0.0
+    return float(model.schedule.sigma(torch.tensor((1.0 - percent) * 999.0)))
+
+
+def to_cond_entries(model: DiffusionModel, conditioning: Sequence, role: str) -> list[CondEntry]:
+    """Check a CONDITIONING list (``[[tensor, dict], …]``) against ``model`` and convert it.
+
+    Raises:
+        InvalidInputError: wrong structure, wrong width, or an option this sampler cannot honour.
+    """
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise InvalidInputError(
+            f"{role} conditioning is an empty or non-list {type(conditioning).__name__}, not a CONDITIONING list "
+            "[[tensor, dict], …]; connect a text-encode node's output."
+        )
+    entries = []
+    for item in conditioning:
+        context, extras = item[0], (item[1] if len(item) > 1 else {})
+        if not isinstance(context, torch.Tensor) or context.ndim != 3:
+            raise InvalidInputError(
+                f"{role} conditioning holds {type(context).__name__}, not a [batch, tokens, width] tensor."
+            )
+        if context.shape[-1] != model.context_dim:
+            raise InvalidInputError(
+                f"{role} conditioning is {context.shape[-1]} wide but this AltDiffusion-{model.variant.name} UNet expects "
+                f"{model.context_dim}; encode the prompt with the text encoder of the same model "
+                "(m2/m9 give 768, m18 gives 1024)."
+            )
+        for key, what in UNSUPPORTED_COND_KEYS.items():
+            if extras.get(key) is not None:
+                raise InvalidInputError(
+                    f"{role} conditioning carries {what} ('{key}'), which the AltDiffusion sampler does not apply; "
+                    "remove that node, or sample with ComfyUI's KSampler (AltDiffusion UNet loaded by UNETLoader)."
+                )
+        entries.append(
+            CondEntry(
+                context=context,
+                strength=float(extras.get("strength", 1.0)),
+                sigma_start=percent_to_sigma(model, float(extras.get("start_percent", 0.0))),
+                sigma_end=percent_to_sigma(model, float(extras.get("end_percent", 1.0))),
+            )
+        )
+    return entries
+
+
+def prepare_noise(latent: torch.Tensor, seed: int, batch_index: Sequence[int] | None = None) -> torch.Tensor:
+    """KSampler's noise: CPU ``torch.manual_seed(seed)`` then ``randn`` (per index when ``batch_index`` is given)."""
+    generator = torch.manual_seed(seed)
+    if batch_index is None:
+        return torch.randn(latent.size(), dtype=latent.dtype, generator=generator, device="cpu")
+    unique, inverse = np.unique(np.asarray(batch_index), return_inverse=True)
+    draws = {}
+    for i in range(int(unique[-1]) + 1):
+        noise = torch.randn([1, *latent.shape[1:]], dtype=latent.dtype, generator=generator, device="cpu")
+        if i in unique:
+            draws[len(draws)] = noise
+    return torch.cat([draws[int(i)] for i in inverse], dim=0)
+
+
+def prepare_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """ComfyUI's ``reshape_mask``: MASK ``[B?,H,W]`` → ``shape`` by bilinear resize and channel/batch repeat."""
+    mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    mask = F.interpolate(mask, size=tuple(shape[2:]), mode="bilinear")
+    mask = mask.repeat(1, shape[1], 1, 1)[:, : shape[1]]
+    if mask.shape[0] < shape[0]:
+        mask = mask.repeat(math.ceil(shape[0] / mask.shape[0]), 1, 1, 1)
+    return mask[: shape[0]]
+
+
+def _common_length(lengths: set[int]) -> int | None:
+    """Token count all contexts can be repeated to (ComfyUI's ``CONDCrossAttn.can_concat``: at most 4× the shortest)."""
+    lcm = math.lcm(*lengths)
+    return lcm if lcm // min(lengths) <= 4 else None
+
+
+class Guider:
+    """``denoise_fn(x, σ)`` for the samplers: UNet calls with CFG and conditioning entries applied.
+
+    All entries active at σ (negative first, then positive, as the reference pipeline orders its CFG batch) run in one
+    UNet batch when their token counts allow it, as ComfyUI's ``calc_cond_batch`` batches them. The mixing is done on
+    ε rather than on the denoised estimates as ComfyUI writes it: ``x − σ·mix(ε)`` equals ``mix(x − σ·ε)`` for these
+    affine mixes, and mixing ε avoids cancelling two large ``x − σ·ε`` values.
+    """
+
+    def __init__(self, model: DiffusionModel, positive: list[CondEntry], negative: list[CondEntry], cfg: float):
+        self.model = model
+        self.positive = positive
+        self.negative = None if math.isclose(cfg, 1.0) else negative
+        self.cfg = cfg
+
+    def _eps(self, x: torch.Tensor, sigma: torch.Tensor, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The UNet's ε (float32, shaped like ``x``) for each context, in as few UNet calls as the lengths allow."""
+        m = self.model
+        lengths = {c.shape[1] for c in contexts}
+        common = _common_length(lengths)
+        if common is None:  # too different to batch: one call per context
+            return [self._eps(x, sigma, [c])[0] for c in contexts]
+        batch = x.shape[0]
+        ctx = torch.cat([c.repeat(math.ceil(batch / c.shape[0]), common // c.shape[1], 1)[:batch] for c in contexts])
+        x_in = (x / (sigma.reshape(-1, 1, 1, 1) ** 2 + 1.0).sqrt()).to(m.dtype).repeat(len(contexts), 1, 1, 1)
+        t = m.schedule.timestep(sigma).float().repeat(len(contexts))
+        eps = m.unet(x_in, t.to(m.device), encoder_hidden_states=ctx.to(m.device, m.dtype), return_dict=False)[0]
+        return list(eps.float().chunk(len(contexts)))
+
+    @staticmethod
+    def _mean(x, sigma, eps: list[torch.Tensor], entries: list[CondEntry]) -> torch.Tensor:
+        """Strength-weighted mean ε; with no entry active ComfyUI predicts x0 = 0, i.e. ε = x/σ."""
+        if not entries:
+            return x / sigma.reshape(-1, 1, 1, 1)
+        weight = sum(e.strength for e in entries)
+        if weight == 0.0:
+            return x / sigma.reshape(-1, 1, 1, 1)
+        if len(entries) == 1 and entries[0].strength == 1.0:
+            return eps[0]
+        return sum(e * entry.strength for e, entry in zip(eps, entries, strict=True)) / weight
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = float(sigma.max())
+        active = lambda entries: [e for e in entries or () if e.sigma_end <= s <= e.sigma_start]  # noqa: E731
+        pos, neg = active(self.positive), active(self.negative)
+        with torch.inference_mode():
+            eps = self._eps(x, sigma, [e.context for e in neg + pos]) if neg or pos else []
+            cond = self._mean(x, sigma, eps[len(neg) :], pos)
+            if self.negative is None:
+                mixed = cond
+            else:
+                uncond = self._mean(x, sigma, eps[: len(neg)], neg)
+                mixed = uncond + (cond - uncond) * self.cfg
+            return x - mixed * sigma.reshape(-1, 1, 1, 1)
+
+
+class MaskedDenoiser:
+    """``KSamplerX0Inpaint``: outside the mask (0), x and the prediction are pinned to the input latent."""
+
+    def __init__(self, inner: Callable, mask: torch.Tensor, latent: torch.Tensor, noise: torch.Tensor):
+        self.inner, self.mask, self.latent, self.noise = inner, mask, latent, noise
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        keep = 1.0 - self.mask
+        x = x * self.mask + (self.noise * sigma.reshape(-1, 1, 1, 1) + self.latent) * keep
+        return self.inner(x, sigma) * self.mask + self.latent * keep
+
+
+def sample_latent(
+    model: DiffusionModel,
+    positive: Sequence,
+    negative: Sequence,
+    latent: torch.Tensor,
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    denoise: float = 1.0,
+    noise_mask: torch.Tensor | None = None,
+    batch_index: Sequence[int] | None = None,
+    callback: StepCallback | None = None,
+    sigmas: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run the sampler; ``latent`` raw ``[B,4,h,w]`` → raw ``[B,4,h,w]`` float32 on the CPU.
+
+    Args:
+        positive, negative: CONDITIONING lists ``[[tensor [1,T,dim], dict], …]``.
+        latent: the starting raw latent (zeros for txt2img).
+        seed: noise seed (any 64-bit value), drawn on the CPU as KSampler draws it.
+        steps, cfg, sampler_name, scheduler, denoise: as KSampler's inputs; denoise < 1 keeps the last
+            ``steps`` of ``int(steps / denoise)`` (img2img).
+        noise_mask: optional MASK, 1 = resample.
+        batch_index: optional per-image noise indices (LATENT ``batch_index``).
+        callback: ``callback(step, total, x, denoised)`` after each step (progress, cancel, previews).
+        sigmas: an explicit σ schedule (descending, float32) replacing scheduler/steps/denoise.
+    """
+    if latent.ndim != 4 or latent.shape[1] != model.latent_channels:
+        raise InvalidInputError(
+            f"latent of shape {tuple(latent.shape)} has {latent.shape[1] if latent.ndim > 1 else '?'} channels; this "
+            f"AltDiffusion UNet needs [batch, {model.latent_channels}, height/8, width/8]. Use an SD1/SD2-family latent "
+            "(EmptyLatentImage or the img2img-encode node)."
+        )
+    if latent.shape[0] == 0:
+        raise InvalidInputError("latent batch is empty (0 images); give EmptyLatentImage a batch_size of at least 1.")
+    if steps < 1:
+        raise InvalidInputError(f"steps is {steps}; give at least 1 sampling step.")
+    if sampler_name not in SAMPLERS:
+        raise InvalidInputError(f"unknown sampler {sampler_name!r}; choose one of: {', '.join(SAMPLERS)}.")
+    pos = to_cond_entries(model, positive, "positive")
+    neg = to_cond_entries(model, negative, "negative")
+    latent = latent.float().cpu()
+    if sigmas is None:
+        try:
+            sigmas = sigmas_for(model.schedule, scheduler, steps, denoise, sampler_name=sampler_name)
+        except ValueError as err:
+            raise InvalidInputError(str(err)) from err
+    if len(sigmas) <= 1:
+        return latent.clone()
+    noise = prepare_noise(latent, seed, batch_index)
+    scaled = latent_to_model(latent, model.latent_scale)
+    device = model.device
+    noise_d, scaled_d, sigmas = noise.to(device), scaled.to(device), sigmas.float().to(device)
+    sigma0 = float(sigmas[0])
+    full = math.isclose(float(model.schedule.sigma_max), sigma0, rel_tol=1e-5) or sigma0 > float(model.schedule.sigma_max)
+    x = scaled_d + noise_d * (math.sqrt(1.0 + sigma0**2) if full else sigma0)
+    denoiser: Callable = Guider(model, pos, neg, cfg)
+    if noise_mask is not None:
+        mask = prepare_mask(noise_mask, latent.shape).to(device)
+        pin_noise = noise_d
+        if SAMPLERS[sampler_name].random_inpaint_noise:  # ComfyUI's ddim: fresh noise from seed + 1
+            pin_noise = torch.randn(latent.shape, generator=torch.manual_seed(seed + 1), device="cpu").to(device)
+        denoiser = MaskedDenoiser(denoiser, mask, scaled_d, pin_noise)
+    out = run_sampler(sampler_name, denoiser, x, sigmas, seed=seed, schedule=model.schedule, callback=callback)
+    return model_to_latent(out.float(), model.latent_scale).cpu()

@@ -1,0 +1,220 @@
+"""Loading an AltDiffusion diffusers folder exactly as the BAAI repositories lay it out.
+
+A folder holds ``model_index.json`` (text encoder ``["alt_diffusion", "RobertaSeriesModelWithTransformation"]``),
+``text_encoder/``, ``tokenizer/`` (``sentencepiece.bpe.model``, no ``tokenizer.json``), ``unet/``, ``vae/``,
+``scheduler/`` and components we never load (``safety_checker/``, ``feature_extractor/``). Weights are
+``.safetensors`` or pickled ``.bin`` (read with ``weights_only=True``); UNet/VAE configs may be years old
+(``_diffusers_version`` 0.8) and old VAEs use pre-0.14 attention key names, which we rename.
+
+Each module is built from its config, filled with the file's weights (every key must match), cast to the
+requested dtype and moved to the device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from .components import VAE, DiffusionModel, LoadedModel, TextEncoder, parameter_count
+from .errors import ModelFormatError, ModelNotFoundError, NotAltDiffusionError
+from .schedules import DiscreteSchedule
+from .text_encoder import IGNORED_KEY_PREFIXES, AltTextEncoder, xlmr_config
+from .tokenizer import XLMRTokenizer
+from .variants import detect_variant
+from .weights import find_weight_file, load_into, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+ALT_TEXT_ENCODER_CLASSES = {"RobertaSeriesModelWithTransformation"}
+OTHER_TEXT_ENCODERS = {
+    "CLIPTextModel": "Stable Diffusion 1.x/2.x (CLIP text encoder)",
+    "CLIPTextModelWithProjection": "Stable Diffusion (CLIP text encoder)",
+    "T5EncoderModel": "a T5-based diffusion model",
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Pre-0.14 diffusers VAE attention names (still in the m2/m9 .bin files) → current names.
+LEGACY_VAE_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelFormatError(f"{path} is missing; download the model folder again (it must contain {path.name}).")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFormatError(f"{path} is not valid JSON ({err}); download it again.") from err
+
+
+def is_altdiffusion_folder(folder: Path) -> bool:
+    """Whether ``folder/model_index.json`` declares an AltDiffusion text encoder (cheap: reads one JSON)."""
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    entry = index.get("text_encoder") or [None, None]
+    return entry[0] == "alt_diffusion" or entry[-1] in ALT_TEXT_ENCODER_CLASSES
+
+
+def check_folder(folder: Path) -> dict:
+    """Validate that ``folder`` is an AltDiffusion diffusers folder; returns its ``model_index.json``.
+
+    Raises:
+        ModelNotFoundError: the folder does not exist.
+        NotAltDiffusionError: a diffusion model with another text encoder.
+        ModelFormatError: no ``model_index.json`` or no text encoder entry.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"model folder {folder} does not exist. Give the folder that holds model_index.json "
+            "(e.g. ComfyUI/models/diffusers/AltDiffusion-m9)."
+        )
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise ModelFormatError(
+            f"{folder} has no model_index.json, so it is not a diffusers model folder. "
+            "Point to the folder that contains model_index.json, text_encoder/, tokenizer/, unet/ and vae/."
+        )
+    index = _read_json(index_file)
+    entry = index.get("text_encoder")
+    if not entry:
+        raise ModelFormatError(f"{index_file} names no text_encoder; this is not a text-to-image model folder.")
+    cls = entry[-1]
+    if entry[0] != "alt_diffusion" and cls not in ALT_TEXT_ENCODER_CLASSES:
+        kind = OTHER_TEXT_ENCODERS.get(cls, f"a model whose text encoder is {cls}")
+        raise NotAltDiffusionError(
+            f"{folder} is {kind}, not AltDiffusion (its text encoder is {entry[0]}.{cls}, AltDiffusion's is "
+            "alt_diffusion.RobertaSeriesModelWithTransformation). Load it with ComfyUI's own loaders "
+            "(DiffusersLoader or CheckpointLoaderSimple) instead."
+        )
+    return index
+
+
+def rename_legacy_vae_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename pre-0.14 VAE attention keys (``…attentions.0.query.weight``) to current ones (``…to_q.weight``)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if len(parts) >= 3 and "attentions" in parts and parts[-2] in LEGACY_VAE_ATTENTION_NAMES:
+            key = ".".join(parts[:-2] + [LEGACY_VAE_ATTENTION_NAMES[parts[-2]], parts[-1]])
+        renamed[key] = value
+    return renamed
+
+
+def _fill(module: torch.nn.Module, folder: Path, stems: tuple[str, ...], dtype: torch.dtype, **kwargs) -> Path:
+    weight_file = find_weight_file(folder, stems)
+    state_dict = read_state_dict(weight_file)
+    if kwargs.pop("legacy_vae", False):
+        state_dict = rename_legacy_vae_keys(state_dict)
+    load_into(module, state_dict, weight_file, **kwargs)
+    # nn.Module.to, not diffusers' ModelMixin.to override, which warns on every cast of a model built from a config.
+    torch.nn.Module.to(module, dtype=dtype)
+    module.eval().requires_grad_(False)
+    return weight_file
+
+
+def load_text_encoder(folder: Path, *, device: torch.device, dtype: torch.dtype) -> TextEncoder:
+    """Text encoder + tokenizer of an AltDiffusion folder (``text_encoder/`` and ``tokenizer/``)."""
+    folder = Path(folder)
+    tokenizer_dir = folder / "tokenizer"
+    if not tokenizer_dir.is_dir():
+        raise ModelFormatError(
+            f"{folder} has no tokenizer/ folder; copy the 'tokenizer' folder (sentencepiece.bpe.model) of the model's "
+            "Hub repository into it."
+        )
+    tokenizer = XLMRTokenizer.from_folder(tokenizer_dir)
+    config_dict = _read_json(folder / "text_encoder" / "config.json")
+    config = xlmr_config(config_dict)
+    variant = detect_variant(
+        has_pre_transformation=bool(config_dict.get("has_pre_transformation", False)),
+        project_dim=int(config.project_dim),
+        model_max_length=tokenizer.model_max_length,
+    )
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ModelFormatError(
+            f"tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} ids but the text encoder only {config.vocab_size}; "
+            "the tokenizer belongs to another model. Download both folders from the same repository."
+        )
+    module = AltTextEncoder(config, variant)
+    _fill(module, folder / "text_encoder", ("model", "pytorch_model"), dtype, ignored_prefixes=IGNORED_KEY_PREFIXES)
+    return TextEncoder(module.to(device), tokenizer, variant, torch.device(device), dtype, folder)
+
+
+def load_unet(folder: Path, variant, *, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    """UNet (``unet/``) and the discrete schedule from ``scheduler/scheduler_config.json``."""
+    folder = Path(folder)
+    config = _read_json(folder / "unet" / "config.json")
+    unet = UNet2DConditionModel.from_config(config)
+    _fill(unet, folder / "unet", ("diffusion_pytorch_model",), dtype)
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    sched = _read_json(scheduler_file) if scheduler_file.is_file() else {}
+    prediction = sched.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ModelFormatError(
+            f"{scheduler_file} declares prediction_type {prediction!r}; AltDiffusion models predict 'epsilon'. "
+            "Restore the model's original scheduler_config.json."
+        )
+    schedule = DiscreteSchedule(
+        beta_start=float(sched.get("beta_start", 0.00085)),
+        beta_end=float(sched.get("beta_end", 0.012)),
+        num_train_timesteps=int(sched.get("num_train_timesteps", 1000)),
+    )
+    return DiffusionModel(unet.to(device), schedule, variant, torch.device(device), dtype, folder)
+
+
+def load_vae(folder: Path, *, device: torch.device, dtype: torch.dtype) -> VAE:
+    """The VAE (``vae/``), accepting old attention key names."""
+    folder = Path(folder)
+    config = _read_json(folder / "vae" / "config.json")
+    vae = AutoencoderKL.from_config(config)
+    _fill(vae, folder / "vae", ("diffusion_pytorch_model",), dtype, legacy_vae=True)
+    scaling = float(config.get("scaling_factor", 0.18215))
+    return VAE(vae.to(device), scaling, torch.device(device), dtype, folder)
+
+
+def load_folder(folder: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load every part of an AltDiffusion diffusers folder.
+
+    Args:
+        folder: the folder holding ``model_index.json``.
+        device: where the modules run.
+        dtype: dtype of all three modules (the engine runs the VAE in it too).
+
+    Raises:
+        ModelNotFoundError, NotAltDiffusionError, ModelFormatError: with the path and the fix.
+    """
+    folder = Path(folder)
+    device = torch.device(device)
+    started = time.perf_counter()
+    check_folder(folder)
+    text_encoder = load_text_encoder(folder, device=device, dtype=dtype)
+    model = load_unet(folder, text_encoder.variant, device=device, dtype=dtype)
+    if model.context_dim != text_encoder.context_dim:
+        raise ModelFormatError(
+            f"in {folder} the text encoder outputs {text_encoder.context_dim}-wide conditioning but the UNet expects "
+            f"{model.context_dim}; the folders belong to different models."
+        )
+    vae = load_vae(folder, device=device, dtype=dtype)
+    model.latent_scale = vae.scaling_factor
+    info = {
+        "variant": text_encoder.variant.name,
+        "source": str(folder),
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "context_dim": model.context_dim,
+        "params": {
+            "text_encoder": parameter_count(text_encoder.module),
+            "unet": parameter_count(model.unet),
+            "vae": parameter_count(vae.module),
+        },
+        "load_seconds": round(time.perf_counter() - started, 3),
+    }
+    loaded = LoadedModel(text_encoder, model, vae, info)
+    logger.info("%s (loaded in %.1f s)", loaded.describe(), info["load_seconds"])
+    return loaded

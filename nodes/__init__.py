@@ -1,0 +1,25 @@
+"""ComfyUI nodes of the pack: thin adapters over ``altdiff_core``."""
+
+from .loader import AltDiffusionLoader
+from .sampler import AltDiffusionSampler
+from .text_encode import AltDiffusionTextEncode
+from .vae import AltDiffusionVAEDecode, AltDiffusionVAEEncode
+
+# Node ids are public API: workflows refer to them. Never rename one once released.
+NODE_CLASS_MAPPINGS = {
+    "AltDiffusionLoader": AltDiffusionLoader,
+    "AltDiffusionTextEncode": AltDiffusionTextEncode,
+    "AltDiffusionSampler": AltDiffusionSampler,
+    "AltDiffusionVAEEncode": AltDiffusionVAEEncode,
+    "AltDiffusionVAEDecode": AltDiffusionVAEDecode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AltDiffusionLoader": "AltDiffusion Loader",
+    "AltDiffusionTextEncode": "AltDiffusion Text Encode (multilingual)",
+    "AltDiffusionSampler": "AltDiffusion Sampler",
+    "AltDiffusionVAEEncode": "AltDiffusion VAE Encode (img2img)",
+    "AltDiffusionVAEDecode": "AltDiffusion VAE Decode",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,82 @@
+"""Shared fixtures: the pack imported as ComfyUI imports it, and tiny random models in the real BAAI layouts.
+
+Heavy fixtures are session-scoped: each model folder is written once per test run.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+from comfy_server import ComfyServer  # noqa: E402
+from factories import write_altdiffusion_folder, write_component_file, write_sd_clip_folder  # noqa: E402
+
+# The repository folder is a package whose name may contain '-': import it the way ComfyUI and `python .` do.
+runpy.run_path(str(ROOT / "__main__.py"), run_name="altdiffusion_bootstrap")["load_pack"](ROOT)
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The pack package (``comfyui_altdiffusion``): ``pack.nodes``, ``pack.altdiff_core``."""
+    return sys.modules["comfyui_altdiffusion"]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def m9_folder(models_dir) -> Path:
+    """Tiny m9: safetensors weights, tokenizer declaring 512 tokens."""
+    return write_altdiffusion_folder(models_dir / "AltDiffusion-m9-tiny", "m9", weights="safetensors", seed=0)
+
+
+@pytest.fixture(scope="session")
+def m9_bin_folder(models_dir) -> Path:
+    """The same weights as ``m9_folder`` as pickled .bin files with pre-0.14 VAE attention names."""
+    return write_altdiffusion_folder(models_dir / "AltDiffusion-m9-tiny-bin", "m9", weights="bin", seed=0)
+
+
+@pytest.fixture(scope="session")
+def m18_folder(models_dir) -> Path:
+    return write_altdiffusion_folder(models_dir / "AltDiffusion-m18-tiny", "m18", weights="safetensors", seed=1)
+
+
+@pytest.fixture(scope="session")
+def sd_clip_folder(models_dir) -> Path:
+    """A Stable Diffusion folder whose text encoder is CLIP: not AltDiffusion."""
+    return write_sd_clip_folder(models_dir / "sd15-clip-tiny")
+
+
+@pytest.fixture(scope="session")
+def comfy_models(tmp_path_factory) -> Path:
+    """Model folders for the real ComfyUI, as a user lays them out.
+
+    ``altdiffusion/AltDiffusion-m9`` and ``-m18`` (tiny; the names the shipped workflows use), and full-size files that
+    ComfyUI's own loaders recognise by shape: an SD1 UNet in ``diffusion_models/`` (for UNETLoader + KSampler, ~1 min
+    to build) and an SD VAE in ``vae/``.
+    """
+    base = tmp_path_factory.mktemp("comfy_models")
+    write_altdiffusion_folder(base / "altdiffusion" / "AltDiffusion-m9", "m9", seed=0)
+    write_altdiffusion_folder(base / "altdiffusion" / "AltDiffusion-m18", "m18", seed=1)
+    (base / "diffusion_models").mkdir()
+    (base / "vae").mkdir()
+    write_component_file(base / "diffusion_models" / "altdiffusion_m9_unet.safetensors", "unet", family="sd1")
+    write_component_file(base / "vae" / "sd_vae.safetensors", "vae")
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_models, tmp_path_factory):
+    """A real ComfyUI 0.3.75 server (CPU) with this pack in custom_nodes and the test models on its paths."""
+    paths = {name: [comfy_models / name] for name in ("altdiffusion", "diffusion_models", "vae")}
+    with ComfyServer(ROOT, tmp_path_factory.mktemp("comfyui"), model_paths=paths) as server:
+        yield server

@@ -1,0 +1,761 @@
+"""Write random AltDiffusion models to disk in the layouts users really have.
+
+The folders written here copy the BAAI Hub repositories (BAAI/AltDiffusion, BAAI/AltDiffusion-m9,
+BAAI/AltDiffusion-m18; see docs/altdiffusion.md), not what ``save_pretrained`` writes today:
+
+- ``model_index.json`` names ``["alt_diffusion", "RobertaSeriesModelWithTransformation"]`` as text encoder, a
+  module diffusers 0.42 can't import, so ``DiffusionPipeline.from_pretrained`` fails on these folders;
+- ``safety_checker/`` and ``feature_extractor/`` exist but hold garbage bytes, so a loader that opens them fails loudly;
+- the tokenizer folder holds ``sentencepiece.bpe.model`` and no ``tokenizer.json``;
+- the text encoder config has the transformers 4.24 key set and the weights carry ``pre_LN.*`` (and the then persistent
+  ``roberta.embeddings.position_ids``) even for m2/m9, which never use ``pre_LN``;
+- UNet/VAE configs are the old 0.8-era ones (``sample_size 32``, no ``use_linear_projection`` for SD1.x);
+- ``weights="bin"`` writes pickled state dicts (plain dicts of tensors) and the VAE with pre-0.14 attention key names
+  (``query``/``key``/``value``/``proj_attn``).
+
+Weights are random (seeded) and every architecture is shrunk for ``size="tiny"``; the output widths that the UNet
+sees (768 for m2/m9, 1024 for m18) stay real. ``size="full"`` builds the real architectures for benchmarks.
+The tokenizer is a ~1,000-piece XLM-R-style sentencepiece model trained offline on ``LANGUAGE_SAMPLES``.
+
+Nothing here touches the network; everything is written under the ``dest`` folder the caller gives.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import sentencepiece
+import torch
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------------------------
+
+#: A few prompt-like sentences in each of the 18 m18 languages (m2 and m9 use subsets); the tiny tokenizer is trained
+#: on them with full character coverage, so every character below is a piece of its own.
+LANGUAGE_SAMPLES: dict[str, tuple[str, ...]] = {
+    "en": (
+        "A photo of a cat sitting on a wooden table, highly detailed, 4k.",
+        "An astronaut riding a horse on the moon, digital art.",
+        "A beautiful landscape with mountains, a lake and a red sunset.",
+        "Portrait of an old man with a white beard, oil painting.",
+    ),
+    "zh": (
+        "一只猫坐在木桌上，高清，细节丰富。",
+        "宇航员在月球上骑马，数字艺术。",
+        "美丽的山水风景，有湖泊和红色的日落。",
+        "一位白胡子老人的肖像，油画风格。",
+    ),
+    "ja": (
+        "木のテーブルの上に座っている猫の写真、高精細。",
+        "月面で馬に乗る宇宙飛行士、デジタルアート。",
+        "山と湖と赤い夕日のある美しい風景。",
+        "白いひげの老人の肖像画、油絵。",
+    ),
+    "th": (
+        "ภาพถ่ายแมวนั่งอยู่บนโต๊ะไม้ รายละเอียดสูง",
+        "นักบินอวกาศขี่ม้าบนดวงจันทร์ ศิลปะดิจิทัล",
+        "ทิวทัศน์ที่สวยงามมีภูเขา ทะเลสาบ และพระอาทิตย์ตกสีแดง",
+        "ภาพเหมือนของชายชราเคราขาว ภาพวาดสีน้ำมัน",
+    ),
+    "ko": (
+        "나무 탁자 위에 앉아 있는 고양이 사진, 고화질.",
+        "달에서 말을 타는 우주비행사, 디지털 아트.",
+        "산과 호수와 붉은 노을이 있는 아름다운 풍경.",
+        "흰 수염을 기른 노인의 초상화, 유화.",
+    ),
+    "hi": (
+        "लकड़ी की मेज़ पर बैठी एक बिल्ली की तस्वीर, बहुत विस्तृत।",
+        "चाँद पर घोड़े की सवारी करता एक अंतरिक्ष यात्री, डिजिटल कला।",
+        "पहाड़ों, झील और लाल सूर्यास्त वाला एक सुंदर दृश्य।",
+        "सफ़ेद दाढ़ी वाले एक बूढ़े आदमी का चित्र, तेल चित्रकला।",
+    ),
+    "uk": (
+        "Фотографія кота, що сидить на дерев'яному столі, висока деталізація.",
+        "Астронавт їде верхи на коні на Місяці, цифрове мистецтво.",
+        "Гарний краєвид з горами, озером і червоним заходом сонця.",
+        "Портрет старого чоловіка з білою бородою, олійний живопис.",
+    ),
+    "ar": (
+        "صورة قطة تجلس على طاولة خشبية، تفاصيل عالية.",
+        "رائد فضاء يركب حصانا على القمر، فن رقمي.",
+        "منظر طبيعي جميل مع جبال وبحيرة وغروب شمس أحمر.",
+        "صورة شخصية لرجل عجوز بلحية بيضاء، لوحة زيتية.",
+    ),
+    "tr": (
+        "Ahşap bir masada oturan bir kedinin fotoğrafı, yüksek ayrıntılı.",
+        "Ay'da ata binen bir astronot, dijital sanat.",
+        "Dağlar, bir göl ve kırmızı bir gün batımı olan güzel bir manzara.",
+        "Beyaz sakallı yaşlı bir adamın portresi, yağlı boya tablo.",
+    ),
+    "vi": (
+        "Ảnh một con mèo ngồi trên bàn gỗ, độ chi tiết cao.",
+        "Phi hành gia cưỡi ngựa trên mặt trăng, nghệ thuật kỹ thuật số.",
+        "Phong cảnh đẹp với núi, hồ nước và hoàng hôn đỏ.",
+        "Chân dung một ông già râu trắng, tranh sơn dầu.",
+    ),
+    "pl": (
+        "Zdjęcie kota siedzącego na drewnianym stole, wysoka szczegółowość.",
+        "Astronauta jadący konno na księżycu, sztuka cyfrowa.",
+        "Piękny krajobraz z górami, jeziorem i czerwonym zachodem słońca.",
+        "Portret starego mężczyzny z białą brodą, obraz olejny.",
+    ),
+    "nl": (
+        "Een foto van een kat die op een houten tafel zit, zeer gedetailleerd.",
+        "Een astronaut die op een paard rijdt op de maan, digitale kunst.",
+        "Een prachtig landschap met bergen, een meer en een rode zonsondergang.",
+        "Portret van een oude man met een witte baard, olieverfschilderij.",
+    ),
+    "pt": (
+        "Uma foto de um gato sentado numa mesa de madeira, muito detalhada.",
+        "Um astronauta andando a cavalo na lua, arte digital.",
+        "Uma bela paisagem com montanhas, um lago e um pôr do sol vermelho.",
+        "Retrato de um homem idoso com barba branca, pintura a óleo.",
+    ),
+    "it": (
+        "Una foto di un gatto seduto su un tavolo di legno, molto dettagliata.",
+        "Un astronauta che cavalca un cavallo sulla luna, arte digitale.",
+        "Un bellissimo paesaggio con montagne, un lago e un tramonto rosso.",
+        "Ritratto di un uomo anziano con la barba bianca, pittura a olio.",
+    ),
+    "es": (
+        "Una foto de un gato sentado en una mesa de madera, muy detallada.",
+        "Un astronauta montando a caballo en la luna, arte digital.",
+        "Un hermoso paisaje con montañas, un lago y una puesta de sol roja.",
+        "Retrato de un anciano con barba blanca, pintura al óleo.",
+    ),
+    "de": (
+        "Ein Foto einer Katze, die auf einem Holztisch sitzt, sehr detailliert.",
+        "Ein Astronaut, der auf dem Mond ein Pferd reitet, digitale Kunst.",
+        "Eine schöne Landschaft mit Bergen, einem See und einem roten Sonnenuntergang.",
+        "Porträt eines alten Mannes mit weißem Bart, Ölgemälde.",
+    ),
+    "fr": (
+        "Une photo d'un chat assis sur une table en bois, très détaillée.",
+        "Un astronaute à cheval sur la lune, art numérique.",
+        "Un beau paysage avec des montagnes, un lac et un coucher de soleil rouge.",
+        "Portrait d'un vieil homme à la barbe blanche, peinture à l'huile.",
+    ),
+    "ru": (
+        "Фотография кошки, сидящей на деревянном столе, высокая детализация.",
+        "Космонавт верхом на лошади на Луне, цифровое искусство.",
+        "Красивый пейзаж с горами, озером и красным закатом.",
+        "Портрет старика с белой бородой, картина маслом.",
+    ),
+}
+
+#: Prompt syntax the pack's users type (weights, brackets, digits, ASCII punctuation), so these are pieces too.
+PROMPT_SYNTAX_SAMPLES: tuple[str, ...] = (
+    "(masterpiece:1.2), [best quality], {sharp focus}, (((detailed eyes))), 8k uhd, 0123456789",
+    "embedding:style_v2, <lora:detail:0.5>, a_b-c/d\\e !?;'\" | @ # $ % & * + = ~ ` ^",
+)
+
+#: Sentencepiece trainer options. XLM-R's model is a unigram model whose pieces 0/1/2 are <unk>/<s>/</s> and that
+#: has no pad piece (fairseq adds <pad> and <mask> around it); nmt_nfkc folds full-width punctuation.
+SENTENCEPIECE_TRAINER_OPTIONS: dict[str, Any] = {
+    "model_type": "unigram",
+    "vocab_size": 1000,
+    "hard_vocab_limit": False,  # a small corpus may not yield 1000 pieces; take what it yields
+    "character_coverage": 1.0,
+    "normalization_rule_name": "nmt_nfkc",
+    "byte_fallback": False,
+    "unk_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "pad_id": -1,
+    "num_threads": 1,  # keeps the trained model byte-identical between runs
+    "minloglevel": 2,
+}
+
+#: fairseq ids XLM-R puts around the sentencepiece pieces: <s> <pad> </s> <unk>, then piece i at i + 1, then <mask>.
+FAIRSEQ_OFFSET = 1
+FAIRSEQ_SPECIAL_IDS: dict[str, int] = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+
+_MASK_TOKEN: dict[str, Any] = {
+    "__type": "AddedToken",
+    "content": "<mask>",
+    "lstrip": True,
+    "normalized": True,
+    "rstrip": False,
+    "single_word": False,
+}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What differs between the three AltDiffusion releases on disk."""
+
+    tokenizer_max_length: int  # what tokenizer_config.json says (m9's 512 is what the repo ships, not what to use)
+    project_dim: int  # width of the conditioning fed to the UNet
+    has_pre_transformation: bool  # m18: transformation_pre(pre_LN(hidden_states[-2]))
+    unet_family: str  # key of UNET_CONFIGS
+    diffusers_version: str  # `_diffusers_version` stamped in model_index.json and the component configs
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "m2": VariantSpec(77, 768, False, "sd1", "0.8.0.dev0"),
+    "m9": VariantSpec(512, 768, False, "sd1", "0.8.0.dev0"),
+    # m18 was published in 2023 on an SD 2.1-base UNet; its exact diffusers stamp is not recorded in our docs.
+    "m18": VariantSpec(77, 1024, True, "sd21", "0.15.0.dev0"),
+}
+
+#: XLM-R trunk shapes. "full" is XLM-R large (560 M parameters with the real 250002-id vocabulary); "tiny" has
+#: vocab_size None, meaning "exactly the ids the tiny tokenizer can produce".
+TEXT_ENCODER_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+        "vocab_size": None,
+    },
+    "full": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "vocab_size": 250002,
+    },
+}
+
+#: text_encoder/config.json as the BAAI repos have it (written by transformers 4.24), less the sized keys above.
+TEXT_ENCODER_BASE_CONFIG: dict[str, Any] = {
+    "_name_or_path": "",
+    "architectures": ["RobertaSeriesModelWithTransformation"],
+    "attention_probs_dropout_prob": 0.1,
+    "bos_token_id": 0,
+    "classifier_dropout": None,
+    "eos_token_id": 2,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-05,
+    "learn_encoder": False,
+    "max_position_embeddings": 514,
+    "model_type": "xlm-roberta",
+    "output_past": True,
+    "pad_token_id": 1,
+    "pooler_fn": "cls",
+    "position_embedding_type": "absolute",
+    "transformers_version": "4.24.0.dev0",
+    "type_vocab_size": 1,
+    "use_attention_mask": True,
+    "use_cache": True,
+}
+
+_UNET_COMMON: dict[str, Any] = {
+    "_class_name": "UNet2DConditionModel",
+    "act_fn": "silu",
+    "center_input_sample": False,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+}
+_SD_DOWN_BLOCKS = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+_SD_UP_BLOCKS = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+_TINY_UNET_BLOCKS: dict[str, Any] = {
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+}
+_FULL_UNET_BLOCKS: dict[str, Any] = {
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "down_block_types": _SD_DOWN_BLOCKS,
+    "up_block_types": _SD_UP_BLOCKS,
+}
+# SD 1.x (0.8-era config: no use_linear_projection, sample_size 32 as in the AltDiffusion repos) and SD 2.1-base.
+_SD1_UNET: dict[str, Any] = {**_UNET_COMMON, "cross_attention_dim": 768, "sample_size": 32}
+_SD21_UNET: dict[str, Any] = {
+    **_UNET_COMMON,
+    "cross_attention_dim": 1024,
+    "dual_cross_attention": False,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "sample_size": 64,
+    "upcast_attention": False,
+    "use_linear_projection": True,
+}
+
+#: unet/config.json per (family, size); `attention_head_dim` is the head COUNT in these old configs.
+UNET_CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
+    ("sd1", "tiny"): {**_SD1_UNET, **_TINY_UNET_BLOCKS, "attention_head_dim": 2},
+    ("sd1", "full"): {**_SD1_UNET, **_FULL_UNET_BLOCKS, "attention_head_dim": 8},
+    ("sd21", "tiny"): {**_SD21_UNET, **_TINY_UNET_BLOCKS, "attention_head_dim": [2, 4]},
+    ("sd21", "full"): {**_SD21_UNET, **_FULL_UNET_BLOCKS, "attention_head_dim": [5, 10, 20, 20]},
+}
+
+_VAE_COMMON: dict[str, Any] = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "out_channels": 3,
+    "scaling_factor": 0.18215,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+
+#: vae/config.json per size; both downsample by 8 (four blocks).
+VAE_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {**_VAE_COMMON, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64},
+    "full": {**_VAE_COMMON, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "sample_size": 512},
+}
+
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+ALT_DIFFUSION_MODEL_INDEX: dict[str, Any] = {
+    "_class_name": "AltDiffusionPipeline",
+    "feature_extractor": ["transformers", "CLIPFeatureExtractor"],
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["alt_diffusion", "RobertaSeriesModelWithTransformation"],
+    "tokenizer": ["transformers", "XLMRobertaTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+SD_CLIP_MODEL_INDEX: dict[str, Any] = {
+    **ALT_DIFFUSION_MODEL_INDEX,
+    "_class_name": "StableDiffusionPipeline",
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+}
+
+#: A tiny CLIP text tower, 768 wide so that the SD1 UNet's cross-attention accepts its output.
+CLIP_TEXT_CONFIG: dict[str, Any] = {
+    "architectures": ["CLIPTextModel"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 768,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 64,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 1,
+    "pad_token_id": 1,
+    "projection_dim": 768,
+    "torch_dtype": "float32",
+    "transformers_version": "4.22.0.dev0",
+}
+
+#: Words whose BPE merges the hand-made CLIP vocabulary contains (everything else splits into single characters).
+CLIP_MERGE_WORDS: tuple[str, ...] = ("a", "photo", "of", "cat", "dog", "the", "painting", "astronaut", "horse")
+
+#: File names per weight format: (transformers-side file, diffusers-side file).
+WEIGHT_FILES: dict[str, tuple[str, str]] = {
+    "safetensors": ("model.safetensors", "diffusion_pytorch_model.safetensors"),
+    "bin": ("pytorch_model.bin", "diffusion_pytorch_model.bin"),
+}
+
+#: Added to `seed` per component so that each gets its own stream, independent of the weight format.
+_SEED_OFFSETS: dict[str, int] = {"text_encoder": 0, "unet": 1_000, "vae": 2_000, "clip_text": 3_000, "pre_ln": 4_000}
+
+#: pre-0.14 VAE attention names -> current names (diffusers renames them back on load).
+_OLD_VAE_ATTENTION_NAMES: dict[str, str] = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+_GARBAGE = b"\x00GARBAGE: this file deliberately is not a model; a loader must not open it.\xff\xfe" * 4
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tokenizers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _trained_sentencepiece_model() -> bytes:
+    """Train the tiny XLM-R-style sentencepiece model once per process; returns the serialized model proto."""
+    sentences = [s for samples in LANGUAGE_SAMPLES.values() for s in samples] + list(PROMPT_SYNTAX_SAMPLES)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, **SENTENCEPIECE_TRAINER_OPTIONS
+    )
+    return model.getvalue()
+
+
+def tokenizer_vocab_size() -> int:
+    """Number of fairseq ids the tiny tokenizer can produce: pieces + <pad> + <mask> (XLM-R: 250000 + 2)."""
+    processor = sentencepiece.SentencePieceProcessor(model_proto=_trained_sentencepiece_model())
+    return processor.get_piece_size() + FAIRSEQ_OFFSET + 1
+
+
+def write_tokenizer(dest: Path, model_max_length: int = 77) -> Path:
+    """Write an XLM-R tokenizer folder as the BAAI repos ship it: sentencepiece model + two JSONs, no tokenizer.json."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "sentencepiece.bpe.model").write_bytes(_trained_sentencepiece_model())
+    special_tokens = {
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "eos_token": "</s>",
+        "mask_token": {k: v for k, v in _MASK_TOKEN.items() if k != "__type"},
+        "pad_token": "<pad>",
+        "sep_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    _write_json(dest / "special_tokens_map.json", special_tokens)
+    tokenizer_config = {
+        **special_tokens,
+        "mask_token": _MASK_TOKEN,
+        "model_max_length": model_max_length,
+        "name_or_path": "xlm-roberta-large",
+        "sp_model_kwargs": {},
+        "special_tokens_map_file": None,
+        "tokenizer_class": "XLMRobertaTokenizer",
+    }
+    _write_json(dest / "tokenizer_config.json", tokenizer_config)
+    return dest
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable character table (adapted from openai/CLIP `simple_tokenizer.py`)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def write_clip_tokenizer(dest: Path) -> Path:
+    """Write a tiny hand-made CLIP BPE tokenizer folder (vocab.json, merges.txt, two JSONs)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    characters = list(_bytes_to_unicode().values())
+    vocab = characters + [c + "</w>" for c in characters]
+    merges: list[str] = []
+    for word in CLIP_MERGE_WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            if f"{merged} {piece}" not in merges:
+                merges.append(f"{merged} {piece}")
+                vocab.append(merged + piece)
+            merged += piece
+    vocab = list(dict.fromkeys(vocab)) + ["<|startoftext|>", "<|endoftext|>"]
+    _write_json(dest / "vocab.json", {token: i for i, token in enumerate(vocab)})
+    (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special_tokens = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
+    _write_json(dest / "special_tokens_map.json", special_tokens)
+    tokenizer_config = {
+        **special_tokens,
+        "add_prefix_space": False,
+        "do_lower_case": True,
+        "errors": "replace",
+        "model_max_length": 77,
+        "name_or_path": "openai/clip-vit-large-patch14",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    _write_json(dest / "tokenizer_config.json", tokenizer_config)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def write_altdiffusion_folder(
+    dest: Path,
+    variant: str = "m9",
+    *,
+    weights: str = "safetensors",
+    size: str = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random AltDiffusion diffusers folder laid out like the BAAI repo of `variant`; returns `dest`.
+
+    `weights` is "safetensors" or "bin" (pickled plain dicts, old VAE attention key names). The same `seed` gives the
+    same weights whatever `weights` and `dtype` say (before the cast to `dtype`).
+    """
+    spec = _lookup(VARIANTS, variant, "variant")
+    _lookup(WEIGHT_FILES, weights, "weights")
+    _lookup(TEXT_ENCODER_SIZES, size, "size")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    _write_json(dest / "model_index.json", {**ALT_DIFFUSION_MODEL_INDEX, "_diffusers_version": spec.diffusers_version})
+    _write_garbage_components(dest)
+    _write_json(dest / "scheduler" / "scheduler_config.json", {**SCHEDULER_CONFIG, "_diffusers_version": spec.diffusers_version})
+    write_tokenizer(dest / "tokenizer", model_max_length=spec.tokenizer_max_length)
+    _write_roberta_text_encoder(dest / "text_encoder", variant, size, weights, seed, dtype)
+    _write_unet(dest / "unet", spec.unet_family, size, spec.diffusers_version, weights, seed, dtype)
+    _write_vae(dest / "vae", size, spec.diffusers_version, weights, seed, dtype)
+    return dest
+
+
+def write_sd_clip_folder(dest: Path, *, seed: int = 0) -> Path:
+    """Write a tiny Stable Diffusion 1.x folder with a CLIP text encoder (NOT AltDiffusion); returns `dest`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    version = "0.8.0"
+    _write_json(dest / "model_index.json", {**SD_CLIP_MODEL_INDEX, "_diffusers_version": version})
+    _write_garbage_components(dest)
+    _write_json(dest / "scheduler" / "scheduler_config.json", {**SCHEDULER_CONFIG, "_diffusers_version": version})
+    write_clip_tokenizer(dest / "tokenizer")
+    _write_clip_text_encoder(dest / "text_encoder", seed)
+    _write_unet(dest / "unet", "sd1", "tiny", version, "safetensors", seed, torch.float32)
+    _write_vae(dest / "vae", "tiny", version, "safetensors", seed, torch.float32)
+    return dest
+
+
+def text_encoder_config(variant: str, size: str = "tiny", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The text_encoder/config.json written for `variant` and `size` (transformers 4.24 key set)."""
+    spec = _lookup(VARIANTS, variant, "variant")
+    sized = dict(_lookup(TEXT_ENCODER_SIZES, size, "size"))
+    if sized["vocab_size"] is None:
+        sized["vocab_size"] = tokenizer_vocab_size()
+    config = {
+        **TEXT_ENCODER_BASE_CONFIG,
+        **sized,
+        "project_dim": spec.project_dim,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    if spec.has_pre_transformation:
+        config["has_pre_transformation"] = True
+    return dict(sorted(config.items()))
+
+
+def _write_roberta_text_encoder(dest: Path, variant: str, size: str, weights: str, seed: int, dtype: torch.dtype) -> None:
+    from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+        RobertaSeriesConfig,
+        RobertaSeriesModelWithTransformation,
+    )
+
+    config = text_encoder_config(variant, size, dtype)
+    model_kwargs = {
+        k: v
+        for k, v in config.items()
+        if k not in ("architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path")
+    }
+    with _seeded(seed, "text_encoder"):
+        model = RobertaSeriesModelWithTransformation(RobertaSeriesConfig(**model_kwargs))
+    state_dict = dict(model.state_dict())
+    hidden = config["hidden_size"]
+    # The real checkpoints carry a trained pre_LN for every variant (diffusers only builds it for m18); random values,
+    # not the identity, so that a loader that skips it (m18) or applies it (m2/m9) is caught by a test.
+    with _seeded(seed, "pre_ln"):
+        state_dict["pre_LN.weight"] = 1.0 + 0.1 * torch.randn(hidden)
+        state_dict["pre_LN.bias"] = 0.1 * torch.randn(hidden)
+    # transformers 4.24 saved position_ids as a persistent buffer.
+    state_dict["roberta.embeddings.position_ids"] = torch.arange(config["max_position_embeddings"]).unsqueeze(0)
+    _write_json(dest / "config.json", config)
+    _save_state_dict(state_dict, dest / WEIGHT_FILES[weights][0], weights, dtype)
+
+
+def _write_clip_text_encoder(dest: Path, seed: int) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab = json.loads((dest.parent / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
+    config = {
+        **CLIP_TEXT_CONFIG,
+        "vocab_size": len(vocab),
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": vocab["<|endoftext|>"],
+    }
+    model_kwargs = {
+        k: v for k, v in config.items() if k not in ("architectures", "model_type", "torch_dtype", "transformers_version")
+    }
+    with _seeded(seed, "clip_text"):
+        model = CLIPTextModel(CLIPTextConfig(**model_kwargs))
+    _write_json(dest / "config.json", config)
+    _save_state_dict(model.state_dict(), dest / WEIGHT_FILES["safetensors"][0], "safetensors", torch.float32)
+
+
+def _write_unet(dest: Path, family: str, size: str, version: str, weights: str, seed: int, dtype: torch.dtype) -> None:
+    from diffusers import UNet2DConditionModel
+
+    config = {**UNET_CONFIGS[family, size], "_diffusers_version": version}
+    with _seeded(seed, "unet"):
+        model = UNet2DConditionModel.from_config(config)
+    _write_json(dest / "config.json", config)
+    _save_state_dict(model.state_dict(), dest / WEIGHT_FILES[weights][1], weights, dtype)
+
+
+def _write_vae(dest: Path, size: str, version: str, weights: str, seed: int, dtype: torch.dtype) -> None:
+    from diffusers import AutoencoderKL
+
+    config = {**VAE_CONFIGS[size], "_diffusers_version": version}
+    with _seeded(seed, "vae"):
+        model = AutoencoderKL.from_config(config)
+    state_dict = model.state_dict()
+    if weights == "bin":
+        state_dict = _old_vae_attention_names(state_dict)
+    _write_json(dest / "config.json", config)
+    _save_state_dict(state_dict, dest / WEIGHT_FILES[weights][1], weights, dtype)
+
+
+def write_component_file(
+    path: Path, component: str, *, family: str = "sd1", size: str = "full", seed: int = 0, dtype: torch.dtype = torch.float16
+) -> Path:
+    """One diffusers-format ``.safetensors`` file holding a random UNet ("unet") or VAE ("vae"), as users drop them into
+    ComfyUI's ``models/diffusion_models`` and ``models/vae`` for ``UNETLoader`` / ``VAELoader``.
+
+    ComfyUI recognises a UNet or VAE only by its real shapes, so ``size`` is "full" unless the file is meant to be
+    refused. The weights equal those of ``write_altdiffusion_folder(..., size=size, seed=seed)``.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    builders = {
+        "unet": (UNet2DConditionModel, lambda: UNET_CONFIGS[family, size]),
+        "vae": (AutoencoderKL, lambda: VAE_CONFIGS[size]),
+    }
+    cls, config = _lookup(builders, component, "component")
+    with _seeded(seed, component):
+        model = cls.from_config(config())
+    _save_state_dict(model.state_dict(), Path(path), "safetensors", dtype)
+    return Path(path)
+
+
+def _old_vae_attention_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename `*.mid_block.attentions.N.to_q.*` etc. to the pre-0.14 `query`/`key`/`value`/`proj_attn` names."""
+    renamed = {}
+    for key, tensor in state_dict.items():
+        if ".mid_block.attentions." in key:
+            for new, old in _OLD_VAE_ATTENTION_NAMES.items():
+                key = key.replace(f".{new}.", f".{old}.")
+        renamed[key] = tensor
+    return renamed
+
+
+def _write_garbage_components(dest: Path) -> None:
+    """safety_checker/ and feature_extractor/ as listed in model_index.json, with unusable contents."""
+    _write_json(
+        dest / "feature_extractor" / "preprocessor_config.json",
+        {
+            "crop_size": 224,
+            "do_center_crop": True,
+            "do_normalize": True,
+            "do_resize": True,
+            "feature_extractor_type": "CLIPFeatureExtractor",
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "resample": 3,
+            "size": 224,
+        },
+    )
+    _write_json(
+        dest / "safety_checker" / "config.json",
+        {
+            "_name_or_path": "CompVis/stable-diffusion-safety-checker",
+            "architectures": ["StableDiffusionSafetyChecker"],
+            "model_type": "clip",
+            "projection_dim": 768,
+            "transformers_version": "4.22.0.dev0",
+        },
+    )
+    (dest / "safety_checker" / "pytorch_model.bin").write_bytes(_GARBAGE)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reference loading
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceComponents:
+    """An AltDiffusion folder loaded component by component with diffusers'/transformers' own classes (fp32, eval)."""
+
+    text_encoder: Any  # RobertaSeriesModelWithTransformation
+    tokenizer: Any  # transformers XLMRobertaTokenizer (built from sentencepiece.bpe.model)
+    unet: Any  # diffusers UNet2DConditionModel
+    vae: Any  # diffusers AutoencoderKL
+    scheduler: Any  # diffusers PNDMScheduler
+
+
+def reference_components(folder: Path) -> ReferenceComponents:
+    """Load `folder` (as written by `write_altdiffusion_folder`) the reference way, one class per component.
+
+    `AltDiffusionPipeline.from_pretrained` can't be used: model_index.json names the module "alt_diffusion", which
+    diffusers 0.42 can't import.
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+        RobertaSeriesModelWithTransformation,
+    )
+    from transformers import XLMRobertaTokenizer
+
+    folder = Path(folder)
+    text_encoder = RobertaSeriesModelWithTransformation.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    return ReferenceComponents(
+        text_encoder=text_encoder.eval(),
+        tokenizer=XLMRobertaTokenizer.from_pretrained(folder / "tokenizer"),
+        unet=unet.eval(),
+        vae=vae.eval(),
+        scheduler=PNDMScheduler.from_pretrained(folder, subfolder="scheduler"),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _lookup(table: dict[str, Any], key: str, what: str) -> Any:
+    if key not in table:
+        raise ValueError(f"unknown {what} {key!r}; expected one of {sorted(table)}")
+    return table[key]
+
+
+@contextmanager
+def _seeded(seed: int, component: str) -> Iterator[None]:
+    """Seed torch's global generator for one component's init, leaving the caller's RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + _SEED_OFFSETS[component])
+        yield
+
+
+def _save_state_dict(state_dict: dict[str, torch.Tensor], path: Path, weights: str, dtype: torch.dtype) -> None:
+    """Save floating tensors as `dtype` (others unchanged), contiguous and unshared, as safetensors or a pickle."""
+    tensors = {key: (t.to(dtype) if t.is_floating_point() else t).detach().contiguous().clone() for key, t in state_dict.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if weights == "safetensors":
+        safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+    else:
+        torch.save(tensors, path)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,373 @@
+"""Inside a real ComfyUI 0.3.75 server: the pack imports, documents itself, runs the shipped workflows, mixes with
+ComfyUI's own nodes, reports progress, cancels, and turns bad input into ComfyUI errors.
+
+One server serves the whole session (see ``conftest.comfy``); graphs use 64×64 images to stay fast on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from comfy_server import PromptRejectedError, ui_to_api
+from safetensors.torch import load
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+NODE_IDS = [
+    "AltDiffusionLoader",
+    "AltDiffusionTextEncode",
+    "AltDiffusionSampler",
+    "AltDiffusionVAEEncode",
+    "AltDiffusionVAEDecode",
+]
+
+pytestmark = pytest.mark.comfyui
+
+
+# ----------------------------------------------------------------------------------------------- graph building
+
+
+def loader(model="AltDiffusion-m9"):
+    return {"class_type": "AltDiffusionLoader", "inputs": {"model_name": model, "dtype": "auto"}}
+
+
+def encode(text, loader_id="L"):
+    return {"class_type": "AltDiffusionTextEncode", "inputs": {"text": text, "text_encoder": [loader_id, 1]}}
+
+
+def sampler(latent, positive=("P", 0), negative=("N", 0), model=("L", 0), **overrides):
+    inputs = {
+        "model": list(model),
+        "seed": 42,
+        "steps": 3,
+        "cfg": 7.5,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "positive": list(positive),
+        "negative": list(negative),
+        "latent_image": list(latent),
+        "denoise": 1.0,
+    }
+    return {"class_type": "AltDiffusionSampler", "inputs": {**inputs, **overrides}}
+
+
+def empty_latent(size=64, batch=1):
+    return {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}}
+
+
+def save_latent(latent, prefix):
+    return {"class_type": "SaveLatent", "inputs": {"samples": list(latent), "filename_prefix": prefix}}
+
+
+def save_image(images, prefix="altdiff_test"):
+    return {"class_type": "SaveImage", "inputs": {"images": list(images), "filename_prefix": prefix}}
+
+
+def base_graph(positive="一只戴着帽子的猫", negative="模糊"):
+    return {"L": loader(), "P": encode(positive), "N": encode(negative), "E": empty_latent()}
+
+
+def latents_of(comfy, result, node_id):
+    """The tensors a SaveLatent node wrote, fetched through /view."""
+    refs = result.outputs[node_id]["latents"]
+    return [load(comfy.view(r["filename"], r.get("subfolder", ""), r.get("type", "output")))["latent_tensor"] for r in refs]
+
+
+def run_ok(comfy, prompt, timeout=300):
+    result = comfy.run(prompt, timeout=timeout)
+    assert result.status_str == "success", (result.error, comfy.log_tail())
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- the pack as ComfyUI sees it
+
+
+def test_pack_imports_without_failure(comfy):
+    assert not comfy.pack_import_failed(), comfy.log_tail()
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_object_info_documents_every_node(comfy, node_id):
+    info = comfy.object_info(node_id)
+    assert info["display_name"] and info["display_name"] != node_id
+    assert info["category"].split("/")[0] == "AltDiffusion"
+    assert len(info["description"]) > 40
+    for section in ("required", "optional"):
+        for name, spec in info["input"].get(section, {}).items():
+            options = spec[1] if len(spec) > 1 else {}
+            assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"])
+
+
+def test_loader_lists_the_test_models(comfy):
+    names = comfy.object_info("AltDiffusionLoader")["input"]["required"]["model_name"][0]
+    assert {"AltDiffusion-m9", "AltDiffusion-m18"} <= set(names)
+
+
+# ----------------------------------------------------------------------------------------------- shipped workflows
+
+
+def test_workflows_are_listed_as_templates(comfy):
+    templates = comfy.workflow_templates()
+    listed = next(v for k, v in templates.items() if "AltDiffusion" in k)
+    assert {p.stem for p in WORKFLOWS} <= set(listed)
+    assert len(WORKFLOWS) >= 3
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_runs(comfy, workflow):
+    from PIL import Image
+
+    ui = json.loads(workflow.read_text(encoding="utf-8"))
+    if any(n["type"] == "LoadImage" for n in ui["nodes"]):
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
+        comfy.upload_image(image, name="example.png")
+    prompt = ui_to_api(ui, comfy.object_info())
+    started = time.monotonic()
+    result = run_ok(comfy, prompt, timeout=600)
+    images = result.images()
+    assert images, "the workflow saved no image"
+    for image in images:
+        assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 512
+        assert image.std() > 0, "constant image"
+    logging.getLogger(__name__).info("%s ran in %.1f s", workflow.stem, time.monotonic() - started)
+
+
+# ----------------------------------------------------------------------------------------------- mixing with ComfyUI's nodes
+
+
+def test_our_conditioning_drives_ksampler_with_unetloader(comfy):
+    graph = base_graph()
+    graph.update(
+        {
+            "U": {
+                "class_type": "UNETLoader",
+                "inputs": {"unet_name": "altdiffusion_m9_unet.safetensors", "weight_dtype": "default"},
+            },
+            "K": {
+                "class_type": "KSampler",
+                "inputs": {
+                    "model": ["U", 0],
+                    "seed": 1,
+                    "steps": 2,
+                    "cfg": 7.0,
+                    "sampler_name": "euler",
+                    "scheduler": "normal",
+                    "positive": ["P", 0],
+                    "negative": ["N", 0],
+                    "latent_image": ["E", 0],
+                    "denoise": 1.0,
+                },
+            },
+            "V": {"class_type": "VAELoader", "inputs": {"vae_name": "sd_vae.safetensors"}},
+            "D": {"class_type": "VAEDecode", "inputs": {"samples": ["K", 0], "vae": ["V", 0]}},
+            "S": save_image(["D", 0]),
+            "SL": save_latent(["K", 0], "ksampler"),
+        }
+    )
+    result = run_ok(comfy, graph)
+    (image,) = result.images("S")
+    assert image.shape == (64, 64, 3)
+    (latent,) = latents_of(comfy, result, "SL")
+    assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()
+
+
+def test_hires_fix_through_latentupscaleby(comfy):
+    graph = base_graph()
+    graph.update(
+        {
+            "S1": sampler(["E", 0]),
+            "UP": {
+                "class_type": "LatentUpscaleBy",
+                "inputs": {"samples": ["S1", 0], "upscale_method": "nearest-exact", "scale_by": 2.0},
+            },
+            "S2": sampler(["UP", 0], denoise=0.5),
+            "D": {"class_type": "AltDiffusionVAEDecode", "inputs": {"samples": ["S2", 0], "vae": ["L", 2]}},
+            "S": save_image(["D", 0]),
+            "SL": save_latent(["S2", 0], "hires"),
+        }
+    )
+    result = run_ok(comfy, graph)
+    (image,) = result.images("S")
+    assert image.shape == (128, 128, 3)
+    (latent,) = latents_of(comfy, result, "SL")
+    assert latent.shape == (1, 4, 16, 16) and torch.isfinite(latent).all()
+
+
+def test_loadimage_our_encode_our_sampler_comfy_vaedecode(comfy):
+    from PIL import Image
+
+    name = comfy.upload_image(Image.fromarray(np.full((72, 64, 3), 120, dtype=np.uint8)), name="altdiff_init.png")
+    graph = base_graph()
+    graph.update(
+        {
+            "I": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "EN": {"class_type": "AltDiffusionVAEEncode", "inputs": {"pixels": ["I", 0], "vae": ["L", 2]}},
+            "S1": sampler(["EN", 0], denoise=0.6),
+            "V": {"class_type": "VAELoader", "inputs": {"vae_name": "sd_vae.safetensors"}},
+            "D": {"class_type": "VAEDecode", "inputs": {"samples": ["S1", 0], "vae": ["V", 0]}},
+            "S": save_image(["D", 0]),
+            "SL": save_latent(["S1", 0], "img2img"),
+        }
+    )
+    result = run_ok(comfy, graph)
+    (image,) = result.images("S")
+    assert image.shape == (72, 64, 3)
+    (latent,) = latents_of(comfy, result, "SL")
+    assert latent.shape == (1, 4, 9, 8) and torch.isfinite(latent).all()
+
+
+CONDITIONING_NODES = {
+    "ConditioningCombine": {"conditioning_1": ["P", 0], "conditioning_2": ["P2", 0]},
+    "ConditioningConcat": {"conditioning_to": ["P", 0], "conditioning_from": ["P2", 0]},
+    "ConditioningAverage": {"conditioning_to": ["P", 0], "conditioning_from": ["P2", 0], "conditioning_to_strength": 0.3},
+    "ConditioningSetTimestepRange": {"conditioning": ["P", 0], "start": 0.0, "end": 0.5},
+}
+
+
+@pytest.mark.parametrize("node", list(CONDITIONING_NODES))
+def test_comfy_conditioning_nodes_are_honoured(comfy, node):
+    """Each of ComfyUI's conditioning nodes changes the result (it is applied, not ignored) and samples finitely."""
+    graph = base_graph()
+    graph.update(
+        {
+            "P2": encode("watercolor, soft light"),
+            "C": {"class_type": node, "inputs": CONDITIONING_NODES[node]},
+            "S1": sampler(["E", 0], positive=("C", 0)),
+            "S0": sampler(["E", 0]),
+            "SL1": save_latent(["S1", 0], f"cond_{node}"),
+            "SL0": save_latent(["S0", 0], f"plain_{node}"),
+        }
+    )
+    result = run_ok(comfy, graph)
+    (mixed,) = latents_of(comfy, result, "SL1")
+    (plain,) = latents_of(comfy, result, "SL0")
+    assert torch.isfinite(mixed).all() and mixed.shape == plain.shape == (1, 4, 8, 8)
+    assert not torch.equal(mixed, plain)
+
+
+def test_setlatentnoisemask_keeps_unmasked_latent(comfy):
+    """Mask = right half. The left latent columns come back exactly (KSamplerX0Inpaint semantics); decoded, the left
+    half changes far less than the right (not zero: the VAE decoder's mid-block attention mixes the whole image)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    name = comfy.upload_image(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), name="altdiff_mask_src.png")
+    graph = base_graph()
+    graph.update(
+        {
+            "I": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "EN": {"class_type": "AltDiffusionVAEEncode", "inputs": {"pixels": ["I", 0], "vae": ["L", 2]}},
+            "M": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}},
+            "M1": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}},
+            "MC": {
+                "class_type": "MaskComposite",
+                "inputs": {"destination": ["M", 0], "source": ["M1", 0], "x": 32, "y": 0, "operation": "add"},
+            },
+            "NM": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["EN", 0], "mask": ["MC", 0]}},
+            "S1": sampler(["NM", 0], steps=4),
+            "D1": {"class_type": "AltDiffusionVAEDecode", "inputs": {"samples": ["S1", 0], "vae": ["L", 2]}},
+            "D0": {"class_type": "AltDiffusionVAEDecode", "inputs": {"samples": ["EN", 0], "vae": ["L", 2]}},
+            "S": save_image(["D1", 0], "inpaint"),
+            "S0": save_image(["D0", 0], "inpaint_src"),
+            "SL1": save_latent(["S1", 0], "inpaint"),
+            "SL0": save_latent(["EN", 0], "inpaint_src"),
+        }
+    )
+    result = run_ok(comfy, graph)
+    (sampled,) = latents_of(comfy, result, "SL1")
+    (source,) = latents_of(comfy, result, "SL0")
+    assert (sampled[..., :4] - source[..., :4]).abs().max() <= 1e-5  # mask 0 over latent columns 0..3
+    assert (sampled[..., 4:] - source[..., 4:]).abs().max() > 1e-2
+    (inpainted,) = result.images("S")
+    (decoded_source,) = result.images("S0")
+    change = np.abs(inpainted.astype(int) - decoded_source.astype(int))
+    assert change[:, :32].mean() < change[:, 32:].mean() / 2
+
+
+# ----------------------------------------------------------------------------------------------- progress and cancel
+
+
+def test_progress_events_and_interrupt_within_one_step(comfy):
+    graph = base_graph()
+    graph.update({"S1": sampler(["E", 0], steps=400, seed=7), "SL": save_latent(["S1", 0], "interrupted")})
+    state = {"pressed_at": None}
+
+    def press_cancel(event):
+        if event["type"] == "progress" and event["data"]["value"] >= 3 and state["pressed_at"] is None:
+            state["pressed_at"] = event["data"]["value"]
+            comfy.interrupt()
+
+    result = comfy.run(graph, timeout=300, on_event=press_cancel)
+    progress = [e["data"] for e in result.events if e["type"] == "progress"]
+    assert progress and progress[0]["max"] == 400 and progress[0]["node"] == "S1"
+    assert result.interrupted, result.event_types()
+    assert max(p["value"] for p in progress) <= state["pressed_at"] + 1
+    assert "SL" not in result.outputs  # nothing after the sampler ran
+
+    graph["S1"]["inputs"]["steps"] = 2
+    after = run_ok(comfy, graph)
+    (latent,) = latents_of(comfy, after, "SL")
+    assert torch.isfinite(latent).all()
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+def test_bad_model_name_is_a_validation_error(comfy):
+    graph = base_graph()
+    graph["L"] = loader("AltDiffusion-m99")
+    graph.update({"S1": sampler(["E", 0]), "SL": save_latent(["S1", 0], "bad")})
+    with pytest.raises(PromptRejectedError) as err:
+        comfy.run(graph)
+    assert err.value.status == 400
+    errors = err.value.body["node_errors"]["L"]["errors"]
+    assert errors[0]["type"] == "value_not_in_list" and "model_name" in errors[0]["details"]
+
+
+def test_out_of_range_value_is_a_validation_error(comfy):
+    graph = base_graph()
+    graph.update({"S1": sampler(["E", 0], steps=0), "SL": save_latent(["S1", 0], "bad")})
+    with pytest.raises(PromptRejectedError) as err:
+        comfy.run(graph)
+    errors = err.value.body["node_errors"]["S1"]["errors"]
+    assert errors[0]["type"] == "value_smaller_than_min" and "steps" in errors[0]["details"]
+
+
+def test_runtime_failure_is_our_message_and_server_keeps_serving(comfy):
+    """m18 conditioning (1024 wide) into the m9 sampler: an execution_error whose message says what to fix."""
+    graph = base_graph()
+    graph.update(
+        {
+            "L18": loader("AltDiffusion-m18"),
+            "P18": encode("a cat", "L18"),
+            "S1": sampler(["E", 0], positive=("P18", 0)),
+            "SL": save_latent(["S1", 0], "mismatch"),
+        }
+    )
+    result = comfy.run(graph)
+    assert result.status_str == "error"
+    error = result.error
+    assert error["node_id"] == "S1" and error["exception_type"].endswith("InvalidInputError")
+    assert "1024 wide" in error["exception_message"] and "same model" in error["exception_message"]
+    good = base_graph()
+    good.update({"S1": sampler(["E", 0]), "SL": save_latent(["S1", 0], "after_error")})
+    run_ok(comfy, good)
+
+
+# ----------------------------------------------------------------------------------------------- translations
+
+
+@pytest.mark.parametrize("lang", ["zh", "ja", "ko"])
+def test_i18n_serves_translated_node_definitions(comfy, lang):
+    node_defs = comfy.get_json("/i18n")[lang]["nodeDefs"]
+    for node_id in NODE_IDS:
+        entry = node_defs[node_id]
+        assert entry["display_name"] and entry["display_name"] != comfy.object_info(node_id)["display_name"]
+        assert all(v.get("tooltip") for v in entry["inputs"].values())

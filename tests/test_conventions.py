@@ -1,0 +1,137 @@
+"""ComfyUI's socket conventions at the nodes' edges: shapes, dtypes, ranges, scales, and LATENT dict handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from factories import reference_components
+
+
+@pytest.fixture(scope="module")
+def parts(pack, m9_folder):
+    return pack.nodes.loader.AltDiffusionLoader.load_path(m9_folder, "auto")
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return pack.nodes
+
+
+def test_conditioning_is_comfyui_conditioning(nodes, parts):
+    _, text_encoder, _, _ = parts
+    (cond,) = nodes.text_encode.AltDiffusionTextEncode().encode("一只猫", text_encoder)
+    assert isinstance(cond, list) and len(cond) == 1 and len(cond[0]) == 2
+    tensor, extras = cond[0]
+    assert tensor.shape == (1, 77, 768) and tensor.dtype == torch.float32 and tensor.device.type == "cpu"
+    assert set(extras) == {"pooled_output"} and extras["pooled_output"].shape == (1, 768)
+    assert torch.isfinite(tensor).all()
+
+
+def test_empty_prompt_encodes_as_one_window(nodes, parts, pack):
+    _, text_encoder, _, _ = parts
+    (cond,) = nodes.text_encode.AltDiffusionTextEncode().encode("", text_encoder)
+    assert cond[0][0].shape == (1, 77, 768)
+    windows = text_encoder.tokenizer.windows("")
+    assert windows.input_ids[0, :3].tolist() == [0, 2, 1] and int(windows.attention_mask.sum()) == 2
+
+
+def test_auto_dtype_is_fp32_on_cpu(parts):
+    model, text_encoder, vae, info = parts
+    assert model.dtype == text_encoder.dtype == vae.dtype == torch.float32
+    assert "m9" in info and "float32" in info and "cpu" in info
+
+
+def test_sampler_returns_raw_latent_and_keeps_other_keys(nodes, parts):
+    model, text_encoder, _, _ = parts
+    (pos,) = nodes.text_encode.AltDiffusionTextEncode().encode("a cat", text_encoder)
+    latent = {"samples": torch.zeros(2, 4, 8, 8), "batch_index": [3, 5], "custom": "kept"}
+    (out,) = nodes.sampler.AltDiffusionSampler().sample(model, 1, 2, 5.0, "euler", "normal", pos, pos, latent, 1.0)
+    assert out is not latent and latent["samples"].abs().sum() == 0  # input not modified
+    assert out["custom"] == "kept" and out["batch_index"] == [3, 5]
+    assert out["samples"].shape == (2, 4, 8, 8) and out["samples"].dtype == torch.float32
+    assert out["samples"].device.type == "cpu"
+
+
+def test_same_seed_same_latent_other_seed_differs(nodes, parts):
+    model, text_encoder, _, _ = parts
+    (pos,) = nodes.text_encode.AltDiffusionTextEncode().encode("a cat", text_encoder)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    run = lambda seed: nodes.sampler.AltDiffusionSampler().sample(  # noqa: E731
+        model, seed, 2, 5.0, "euler_ancestral", "karras", pos, pos, latent, 1.0
+    )[0]["samples"]
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+
+
+def test_noise_is_ksampler_noise(pack):
+    """CPU ``torch.manual_seed(seed)`` + ``randn`` of the latent's shape; per index with batch_index."""
+    latent = torch.zeros(3, 4, 5, 6)
+    noise = pack.altdiff_core.prepare_noise(latent, 2**63 + 5)
+    assert torch.equal(noise, torch.randn(latent.shape, generator=torch.manual_seed(2**63 + 5)))
+    per_index = pack.altdiff_core.prepare_noise(latent, 11, [2, 0, 2])
+    generator = torch.manual_seed(11)
+    draws = [torch.randn((1, 4, 5, 6), generator=generator)[0] for _ in range(3)]  # indices 0, 1, 2 in sequence
+    assert torch.equal(per_index[0], draws[2]) and torch.equal(per_index[1], draws[0]) and torch.equal(per_index[2], draws[2])
+
+
+def test_vae_encode_is_raw_posterior_mode_and_decode_is_unscaled(nodes, parts, m9_folder):
+    """IMAGE → LATENT is the unscaled posterior mode; LATENT → IMAGE decodes ``samples`` directly (no 0.18215)."""
+    _, _, vae, _ = parts
+    ref = reference_components(m9_folder)
+    image = torch.rand(1, 64, 48, 3, generator=torch.manual_seed(0))
+    (latent,) = nodes.vae.AltDiffusionVAEEncode().encode(image, vae)
+    with torch.no_grad():
+        expected = ref.vae.encode(image.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+    assert latent["samples"].shape == (1, 4, 8, 6)
+    assert (latent["samples"] - expected).abs().max() <= 1e-5
+    (decoded,) = nodes.vae.AltDiffusionVAEDecode().decode(latent, vae)
+    with torch.no_grad():
+        pixels = ref.vae.decode(expected).sample
+    assert decoded.shape == (1, 64, 48, 3) and decoded.dtype == torch.float32 and decoded.device.type == "cpu"
+    assert decoded.min() >= 0 and decoded.max() <= 1
+    assert (decoded - ((pixels + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)).abs().max() <= 1e-5
+
+
+def test_sizes_not_multiple_of_8_are_centre_cropped_like_vaeencode(nodes, parts):
+    """61×67 → 56×64, starting at (61 % 8) // 2 = 2 and (67 % 8) // 2 = 1, as ComfyUI's vae_encode_crop_pixels."""
+    _, _, vae, _ = parts
+    image = torch.rand(1, 61, 67, 4, generator=torch.manual_seed(1))  # RGBA: alpha dropped
+    (latent,) = nodes.vae.AltDiffusionVAEEncode().encode(image, vae)
+    (cropped,) = nodes.vae.AltDiffusionVAEEncode().encode(image[:, 2:58, 1:65, :3].contiguous(), vae)
+    assert latent["samples"].shape == (1, 4, 7, 8)
+    assert torch.equal(latent["samples"], cropped["samples"])
+    (decoded,) = nodes.vae.AltDiffusionVAEDecode().decode(latent, vae)
+    assert decoded.shape == (1, 56, 64, 3)
+
+
+def test_round_trip_keeps_shapes_and_batch(nodes, parts):
+    _, _, vae, _ = parts
+    image = torch.rand(3, 40, 32, 3, generator=torch.manual_seed(2))
+    (latent,) = nodes.vae.AltDiffusionVAEEncode().encode(image, vae)
+    (decoded,) = nodes.vae.AltDiffusionVAEDecode().decode(latent, vae)
+    assert latent["samples"].shape == (3, 4, 5, 4) and decoded.shape == image.shape
+
+
+def test_noise_mask_keeps_unmasked_latent(nodes, parts):
+    """Where the mask is 0 the output latent is the input latent (KSamplerX0Inpaint pins x0 to it)."""
+    model, text_encoder, vae, _ = parts
+    (pos,) = nodes.text_encode.AltDiffusionTextEncode().encode("a cat", text_encoder)
+    (latent,) = nodes.vae.AltDiffusionVAEEncode().encode(torch.rand(1, 64, 64, 3, generator=torch.manual_seed(3)), vae)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, 32:] = 1.0
+    masked = dict(latent, noise_mask=mask)
+    (out,) = nodes.sampler.AltDiffusionSampler().sample(model, 5, 3, 6.0, "euler", "normal", pos, pos, masked, 1.0)
+    kept = out["samples"][..., :3]  # latent columns 0..2 come from mask pixels 0..23, all zero after resize
+    assert (kept - latent["samples"][..., :3]).abs().max() <= 1e-5
+    assert (out["samples"][..., 5:] - latent["samples"][..., 5:]).abs().max() > 1e-2
+
+
+def test_cfg_one_skips_the_negative_pass(nodes, parts):
+    """cfg = 1: the negative prompt cannot change the result (its UNet pass is skipped, as in KSampler)."""
+    model, text_encoder, _, _ = parts
+    enc = nodes.text_encode.AltDiffusionTextEncode()
+    (pos,), (neg_a,), (neg_b,) = enc.encode("a cat", text_encoder), enc.encode("", text_encoder), enc.encode("dog", text_encoder)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    a = nodes.sampler.AltDiffusionSampler().sample(model, 1, 2, 1.0, "euler", "normal", pos, neg_a, latent, 1.0)[0]
+    b = nodes.sampler.AltDiffusionSampler().sample(model, 1, 2, 1.0, "euler", "normal", pos, neg_b, latent, 1.0)[0]
+    assert torch.equal(a["samples"], b["samples"])
