@@ -59,7 +59,7 @@ class AltDiffusionLoader:
     OUTPUT_TOOLTIPS = (
         "The AltDiffusion UNet, for the AltDiffusion Sampler.",
         "The multilingual text encoder, for AltDiffusion Text Encode.",
-        "The VAE, for AltDiffusion VAE Encode / VAE Decode.",
+        "The VAE, for AltDiffusion VAE Encode and AltDiffusion VAE Decode.",
         "Variant, dtype, device and parameter counts of what was loaded.",
     )
 
@@ -76,7 +76,7 @@ class AltDiffusionLoader:
                 ),
                 "dtype": (
                     DTYPE_CHOICES,
-                    {"default": "auto", "tooltip": "Weight dtype. auto = fp16 on a CUDA GPU, fp32 on the CPU."},
+                    {"default": "auto", "tooltip": "Weight dtype. auto = fp16 on a CUDA GPU, fp32 elsewhere."},
                 ),
             }
         }

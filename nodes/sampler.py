@@ -14,7 +14,7 @@ class AltDiffusionSampler:
     CATEGORY = sockets.CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The denoised latent (raw, unscaled), for a VAE Decode node.",)
+    OUTPUT_TOOLTIPS = ("The denoised latent (raw, unscaled), for AltDiffusion VAE Decode or ComfyUI's VAE Decode.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -28,7 +28,8 @@ class AltDiffusionSampler:
                         "min": 0,
                         "max": 0xFFFFFFFFFFFFFFFF,
                         "control_after_generate": True,
-                        "tooltip": "Noise seed; the same seed gives the same image on any device, as with KSampler.",
+                        "tooltip": "Noise seed; the noise is drawn on the CPU as KSampler draws it, "
+                        "so a seed gives the same noise on any device.",
                     },
                 ),
                 "steps": ("INT", {"default": 25, "min": 1, "max": 10000, "tooltip": "Denoising steps."}),

@@ -8,13 +8,16 @@ from . import sockets
 
 class AltDiffusionTextEncode:
     DESCRIPTION = (
-        "Encodes a prompt in any of AltDiffusion's languages (Chinese, Japanese, Korean, Arabic, Russian, Spanish, French, "
-        "Italian, English, and for m18 nine more) into CONDITIONING for the AltDiffusion Sampler or ComfyUI's KSampler."
+        "Encodes a prompt in any of the model's languages (m9: English, Chinese, Spanish, French, Russian, Japanese, Korean, "
+        "Arabic, Italian; m18 adds nine more; m2: English and Chinese) into CONDITIONING for the AltDiffusion Sampler or "
+        "ComfyUI's KSampler."
     )
     CATEGORY = sockets.CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = ("CONDITIONING",)
-    OUTPUT_TOOLTIPS = ("Conditioning [1, 77·k, 768] (m2/m9) or [1, 77·k, 1024] (m18); k = 1 per 75 tokens.",)
+    OUTPUT_TOOLTIPS = (
+        "Conditioning [1, 77·k, 768] (m2/m9) or [1, 77·k, 1024] (m18), where k is the number of 75-token windows of the prompt.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -20,7 +20,7 @@ class AltDiffusionVAEEncode:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pixels": ("IMAGE", {"tooltip": "The image to start from (e.g. LoadImage)."}),
+                "pixels": ("IMAGE", {"tooltip": "The image to start from (e.g. from Load Image)."}),
                 "vae": (sockets.VAE, {"tooltip": "The VAE from the AltDiffusion Loader."}),
             }
         }

@@ -135,3 +135,20 @@ def test_cfg_one_skips_the_negative_pass(nodes, parts):
     a = nodes.sampler.AltDiffusionSampler().sample(model, 1, 2, 1.0, "euler", "normal", pos, neg_a, latent, 1.0)[0]
     b = nodes.sampler.AltDiffusionSampler().sample(model, 1, 2, 1.0, "euler", "normal", pos, neg_b, latent, 1.0)[0]
     assert torch.equal(a["samples"], b["samples"])
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_reduced_precision_dtypes_load_and_generate(nodes, m9_folder, dtype):
+    """fp16/bf16 weights: every module in that dtype, sockets still float32, results finite."""
+    model, text_encoder, vae, info = nodes.loader.AltDiffusionLoader.load_path(m9_folder, dtype)
+    wanted = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    assert {p.dtype for p in model.unet.parameters()} == {wanted}
+    assert {p.dtype for p in text_encoder.module.parameters()} == {wanted}
+    assert {p.dtype for p in vae.module.parameters()} == {wanted}
+    (pos,) = nodes.text_encode.AltDiffusionTextEncode().encode("一只猫", text_encoder)
+    assert pos[0][0].dtype == torch.float32
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    (out,) = nodes.sampler.AltDiffusionSampler().sample(model, 3, 2, 7.5, "euler", "normal", pos, pos, latent, 1.0)
+    (image,) = nodes.vae.AltDiffusionVAEDecode().decode(out, vae)
+    assert out["samples"].dtype == image.dtype == torch.float32
+    assert torch.isfinite(out["samples"]).all() and torch.isfinite(image).all()

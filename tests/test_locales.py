@@ -110,14 +110,22 @@ def test_source_is_complete(en):
             assert isinstance(text, str) and text.strip(), f"{node_id}.{where} is empty in the Python source"
 
 
+def flatten(value, path: str = "") -> dict[str, object]:
+    if not isinstance(value, dict):
+        return {path: value}
+    return {k: v for key, item in value.items() for k, v in flatten(item, f"{path}.{key}" if path else key).items()}
+
+
 def test_en_matches_source(en):
     actual = load("en")
     assert list(actual) == list(en), "node ids (or their order) differ from NODE_CLASS_MAPPINGS"
-    for node_id, entry in en.items():
-        assert actual[node_id] == entry, (
-            f"locales/en/nodeDefs.json is stale for {node_id}: run `python tests/test_locales.py` and update the "
-            f"translations.\nexpected: {json.dumps(entry, ensure_ascii=False, indent=1)}"
-        )
+    have, want = flatten(actual), flatten(en)
+    stale = {key: (have.get(key), want.get(key)) for key in have.keys() | want.keys() if have.get(key) != want.get(key)}
+    assert not stale, (
+        "locales/en/nodeDefs.json differs from the Python source (run `python tests/test_locales.py`, then update every "
+        "translation):\n" + "\n".join(f"  {k}: file {a!r} / source {b!r}" for k, (a, b) in sorted(stale.items()))
+    )
+    assert list(flatten(actual)) == list(want), "same content, different order: run `python tests/test_locales.py`"
 
 
 @pytest.mark.parametrize("lang", TRANSLATIONS)
