@@ -33,6 +33,8 @@ class TextEncoder:
     device: torch.device
     dtype: torch.dtype
     source: Path
+    layer: int | None = None
+    """XLM-R hidden layer feeding the head (-1 = last); None = the variant's trained choice (m2/m9 -1, m18 -2)."""
 
     @property
     def context_dim(self) -> int:

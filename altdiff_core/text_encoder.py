@@ -43,12 +43,21 @@ class AltTextEncoder(nn.Module):
     def context_dim(self) -> int:
         return self.config.project_dim
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Conditioning for ``input_ids`` ``[B, T]`` (int64, fairseq ids) → ``[B, T, context_dim]``."""
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Conditioning for ``input_ids`` ``[B, T]`` (int64, fairseq ids) → ``[B, T, context_dim]``.
+
+        ``layer`` (-1 = last … -num_layers = first transformer layer) picks the hidden state fed to the variant's head;
+        None = the variant's own (m2/m9 the last, m18 the penultimate).
+        """
         variant = self.variant
-        need_all = variant.hidden_layer != -1
+        layer = variant.hidden_layer if layer is None else layer
+        need_all = layer != -1
         out = self.roberta(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_all)
-        hidden = out.hidden_states[variant.hidden_layer] if need_all else out.last_hidden_state
+        hidden = out.hidden_states[layer] if need_all else out.last_hidden_state
         if variant.pre_layer_norm:
             hidden = self.pre_LN(hidden)
         return getattr(self, variant.projection)(hidden)

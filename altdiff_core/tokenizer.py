@@ -25,6 +25,7 @@ import sentencepiece
 import torch
 
 from .errors import ModelFormatError
+from .prompt_syntax import weighted_segments
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,16 @@ WINDOW_BODY = WINDOW - 2
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
 
 
+BREAK_PUNCTUATION = frozenset({",", "、", "،", ";", "；", "。", "."})
+"""Pieces after which a window may end (after nmt_nfkc, a full-width ``，`` is already ``,``)."""
+COMMA_BACKTRACK = 20
+"""How far back from a full window a comma break is taken (A1111's ``comma_padding_backtrack``)."""
+WORD_BACKTRACK = 8
+"""How far back a word boundary is taken (ComfyUI keeps words shorter than 8 tokens whole)."""
+WORD_START = "\u2581"
+"""Sentencepiece's word-start marker ``▁``."""
+
+
 @dataclass(frozen=True)
 class TokenWindows:
     """A prompt cut into windows.
@@ -48,10 +59,44 @@ class TokenWindows:
     Attributes:
         input_ids: int64 ``[k, 77]``, fairseq ids, each row ``<s> … </s> <pad>…``.
         attention_mask: int64 ``[k, 77]``, 1 for ``<s>``, prompt tokens and ``</s>``, 0 for padding.
+        weights: float32 ``[k, 77]``, each token's prompt weight (1.0 for specials and padding).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def weighted(self) -> bool:
+        return bool((self.weights != 1.0).any())
+
+
+@dataclass(frozen=True)
+class _Token:
+    id: int
+    weight: float
+    piece: str
+
+
+def _is_break_after(token: _Token) -> bool:
+    return token.piece.strip(WORD_START) in BREAK_PUNCTUATION
+
+
+def _window_end(tokens: list[_Token], start: int) -> int:
+    """Where the window starting at ``start`` ends (exclusive): a full window of 75 tokens, pulled back to a comma
+    within 20 tokens or else a word boundary within 8, unless the cut already falls between words."""
+    end = start + WINDOW_BODY
+    if end >= len(tokens):
+        return len(tokens)
+    if tokens[end].piece.startswith(WORD_START) or _is_break_after(tokens[end - 1]):
+        return end
+    for cut in range(end - 1, max(start, end - COMMA_BACKTRACK), -1):
+        if _is_break_after(tokens[cut - 1]):
+            return cut
+    for cut in range(end - 1, max(start, end - WORD_BACKTRACK), -1):
+        if tokens[cut].piece.startswith(WORD_START):
+            return cut
+    return end
 
 
 class XLMRTokenizer:
@@ -94,20 +139,44 @@ class XLMRTokenizer:
                 raise ModelFormatError(f"{config_file} is not valid JSON ({err}); download it again.") from err
         return cls(model_file, max_length)
 
+    def _fairseq_id(self, sp_id: int) -> int:
+        return UNK_ID if sp_id == self._sp.unk_id() else sp_id + FAIRSEQ_OFFSET
+
     def encode(self, text: str) -> list[int]:
-        """Fairseq ids of ``text`` without ``<s>``/``</s>``; any length."""
-        return [piece + FAIRSEQ_OFFSET if piece != self._sp.unk_id() else UNK_ID for piece in self._sp.EncodeAsIds(text)]
+        """Fairseq ids of ``text`` without ``<s>``/``</s>``; any length, no weight syntax."""
+        return [self._fairseq_id(i) for i in self._sp.EncodeAsIds(text)]
 
-    def windows(self, text: str) -> TokenWindows:
-        """Cut ``text`` into 75-token windows, each wrapped as ``<s> … </s>`` and padded to 77.
+    def _tokens(self, segments: list[tuple[str, float]]) -> list[_Token]:
+        tokens = []
+        for text, weight in segments:
+            for piece in self._sp.EncodeAsPieces(text):
+                tokens.append(_Token(self._fairseq_id(self._sp.PieceToId(piece)), weight, piece))
+        return tokens
 
-        An empty prompt gives one window ``<s> </s> <pad>…`` (what the reference encodes for "").
+    def windows(self, text: str, *, parse_weights: bool = True) -> TokenWindows:
+        """Cut a prompt into windows of at most 75 tokens, each wrapped as ``<s> … </s>`` and padded to 77.
+
+        With ``parse_weights`` the prompt may use ComfyUI's ``(text:1.2)`` syntax (see ``prompt_syntax``); every token
+        of a weighted span carries its weight. A window ends at a comma within 20 tokens of its end, else at a word
+        boundary within 8, else after 75 tokens. An empty prompt gives one window ``<s> </s> <pad>…`` (what the
+        reference encodes for "").
         """
-        ids = self.encode(text)
-        chunks = [ids[i : i + WINDOW_BODY] for i in range(0, len(ids), WINDOW_BODY)] or [[]]
-        rows, masks = [], []
-        for chunk in chunks:
-            row = [BOS_ID, *chunk, EOS_ID]
-            masks.append([1] * len(row) + [0] * (WINDOW - len(row)))
-            rows.append(row + [PAD_ID] * (WINDOW - len(row)))
-        return TokenWindows(torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.long))
+        segments = weighted_segments(text) if parse_weights else [(text, 1.0)]
+        tokens = self._tokens(segments)
+        rows, masks, weights = [], [], []
+        start = 0
+        while True:
+            end = _window_end(tokens, start)
+            chunk = tokens[start:end]
+            pad = WINDOW - len(chunk) - 2
+            rows.append([BOS_ID, *(t.id for t in chunk), EOS_ID] + [PAD_ID] * pad)
+            masks.append([1] * (len(chunk) + 2) + [0] * pad)
+            weights.append([1.0, *(t.weight for t in chunk), 1.0] + [1.0] * pad)
+            start = end
+            if start >= len(tokens):
+                break
+        return TokenWindows(
+            torch.tensor(rows, dtype=torch.long),
+            torch.tensor(masks, dtype=torch.long),
+            torch.tensor(weights, dtype=torch.float32),
+        )

@@ -2,13 +2,14 @@
 
 from .loader import AltDiffusionLoader
 from .sampler import AltDiffusionSampler
-from .text_encode import AltDiffusionTextEncode
+from .text_encode import AltDiffusionSetLastLayer, AltDiffusionTextEncode
 from .vae import AltDiffusionVAEDecode, AltDiffusionVAEEncode
 
 # Node ids are public API: workflows refer to them. Never rename one once released.
 NODE_CLASS_MAPPINGS = {
     "AltDiffusionLoader": AltDiffusionLoader,
     "AltDiffusionTextEncode": AltDiffusionTextEncode,
+    "AltDiffusionSetLastLayer": AltDiffusionSetLastLayer,
     "AltDiffusionSampler": AltDiffusionSampler,
     "AltDiffusionVAEEncode": AltDiffusionVAEEncode,
     "AltDiffusionVAEDecode": AltDiffusionVAEDecode,
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AltDiffusionLoader": "AltDiffusion Loader",
     "AltDiffusionTextEncode": "AltDiffusion Text Encode (multilingual)",
+    "AltDiffusionSetLastLayer": "AltDiffusion Set Last Layer",
     "AltDiffusionSampler": "AltDiffusion Sampler",
     "AltDiffusionVAEEncode": "AltDiffusion VAE Encode (img2img)",
     "AltDiffusionVAEDecode": "AltDiffusion VAE Decode",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..altdiff_core import encode_prompt
+from ..altdiff_core.prompt_stage import check_layer
 from . import sockets
 
 
@@ -23,7 +26,15 @@ class AltDiffusionTextEncode:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The prompt, in any language."}),
+                "text": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "dynamicPrompts": True,
+                        "tooltip": "The prompt, in any language. (word:1.3) or (word) emphasise as in CLIP Text Encode; "
+                        "long prompts are encoded in 75-token windows.",
+                    },
+                ),
                 "text_encoder": (sockets.TEXT_ENCODER, {"tooltip": "The text encoder from the AltDiffusion Loader."}),
             }
         }
@@ -31,3 +42,36 @@ class AltDiffusionTextEncode:
     def encode(self, text: str, text_encoder):
         cond, pooled = encode_prompt(text_encoder, text)
         return ([[cond, {"pooled_output": pooled}]],)
+
+
+class AltDiffusionSetLastLayer:
+    DESCRIPTION = (
+        "Chooses which XLM-R layer feeds the AltDiffusion text encoder's projection, like CLIP Set Last Layer does for "
+        "CLIP. -1 is the last layer, -2 the penultimate. Without this node m2/m9 use -1 and m18 uses -2, the layers "
+        "the models were trained on; other layers give a looser, more varied reading of the prompt."
+    )
+    CATEGORY = sockets.CATEGORY
+    FUNCTION = "set_layer"
+    RETURN_TYPES = (sockets.TEXT_ENCODER,)
+    OUTPUT_TOOLTIPS = ("The same text encoder, reading the chosen layer.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "text_encoder": (sockets.TEXT_ENCODER, {"tooltip": "The text encoder from the AltDiffusion Loader."}),
+                "stop_at_layer": (
+                    "INT",
+                    {
+                        "default": -1,
+                        "min": -24,
+                        "max": -1,
+                        "step": 1,
+                        "tooltip": "-1 = last layer, -2 = penultimate, … (XLM-R large has 24).",
+                    },
+                ),
+            }
+        }
+
+    def set_layer(self, text_encoder, stop_at_layer: int):
+        return (dataclasses.replace(text_encoder, layer=check_layer(text_encoder, stop_at_layer)),)
