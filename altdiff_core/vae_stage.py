@@ -9,6 +9,18 @@ from .convert import crop_to_multiple, image_to_pixels, pixels_to_image
 from .errors import InvalidInputError
 
 
+def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
+    """Refuse NaN/inf values: they would spread through every layer and come out as a black or garbage image."""
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise InvalidInputError(f"{what} holds {bad} NaN/inf values out of {tensor.numel()}; {fix}")
+
+
+def check_batch(tensor: torch.Tensor, what: str) -> None:
+    if tensor.shape[0] == 0:
+        raise InvalidInputError(f"{what} batch is empty (0 images); give the node that made it a batch size of at least 1.")
+
+
 def encode_image(vae: VAE, image: torch.Tensor) -> torch.Tensor:
     """IMAGE ``[B,H,W,C]`` 0..1 → raw latent ``[B,4,H//8,W//8]`` float32 on the CPU.
 
@@ -20,6 +32,8 @@ def encode_image(vae: VAE, image: torch.Tensor) -> torch.Tensor:
             f"image of shape {tuple(image.shape)} is not an IMAGE [batch, height, width, 3]; connect a LoadImage "
             "or another node that outputs IMAGE."
         )
+    check_batch(image, "image")
+    check_finite(image, "image", "the node that produced it failed; fix or replace that node's output.")
     image = crop_to_multiple(image, vae.downscale)
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise InvalidInputError(
@@ -39,6 +53,13 @@ def decode_latent(vae: VAE, latent: torch.Tensor) -> torch.Tensor:
             f"latent of shape {tuple(latent.shape)} does not fit this VAE, which decodes [batch, {vae.latent_channels}, "
             "height/8, width/8]; connect a LATENT from an SD1/SD2-family sampler or encoder."
         )
+    check_batch(latent, "latent")
+    check_finite(latent, "latent", "it came from a sampler or node that diverged; lower cfg, or re-encode the image.")
     with torch.inference_mode():
         pixels = vae.module.decode(latent.to(vae.device, vae.dtype)).sample
+    check_finite(
+        pixels,
+        f"the VAE's {str(vae.dtype).removeprefix('torch.')} output",
+        "the VAE overflowed (SD VAEs do in fp16 at high resolution); load it with vae_dtype fp32 or bf16.",
+    )
     return pixels_to_image(pixels)

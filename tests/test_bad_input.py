@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import shutil
 
 import pytest
+import safetensors.torch
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from ldm_checkpoints import ldm_state_dict, write_ldm_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +155,133 @@ def test_model_names_leaving_model_folders_are_refused(pack, m9_folder, tmp_path
     for name in (escape, str(m9_folder)):
         with pytest.raises(pack.altdiff_core.ModelNotFoundError, match="not an AltDiffusion folder under"):
             loader.resolve_model(name)
+
+
+# ------------------------------------------------------------------------------- single-file checkpoints, paths
+
+
+@pytest.fixture(scope="module")
+def m9_checkpoint(m9_folder, tmp_path_factory):
+    return write_ldm_checkpoint(m9_folder, tmp_path_factory.mktemp("ckpt") / "alt-m9.safetensors")
+
+
+def _copy_checkpoint(path, dest_dir):
+    dest = dest_dir / path.name
+    shutil.copy(path, dest)
+    shutil.copytree(path.parent / path.stem, dest_dir / path.stem)
+    return dest
+
+
+def test_truncated_checkpoint(core, m9_checkpoint, tmp_path):
+    path = _copy_checkpoint(m9_checkpoint, tmp_path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(core.ModelFormatError, match="damaged or truncated.*Download it again") as err:
+        core.load_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_component_file_is_not_a_checkpoint(core, m9_folder, tmp_path):
+    """A diffusers UNet file picked as a checkpoint: wrong keys, named, with what a checkpoint holds."""
+    path = tmp_path / "unet.safetensors"
+    shutil.copy(m9_folder / "unet" / "diffusion_pytorch_model.safetensors", path)
+    with pytest.raises(core.ModelFormatError, match="not an AltDiffusion checkpoint.*model.diffusion_model") as err:
+        core.load_checkpoint(path)
+    assert str(path) in str(err.value) and "conv_in" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "expected"),
+    [
+        ("model.diffusion_model.out.2.weight", r"1 missing \(e\.g\. conv_out\.weight\)"),
+        ("first_stage_model.", r"no vae \(first_stage_model\.\*\)"),
+        ("cond_stage_model.transformation.weight", "transformation.weight"),
+    ],
+)
+def test_checkpoint_with_missing_keys(core, m9_folder, tmp_path, dropped, expected):
+    path = write_ldm_checkpoint(m9_folder, tmp_path / "alt.safetensors")
+    state = {k: v for k, v in ldm_state_dict(m9_folder).items() if not k.startswith(dropped)}
+    safetensors.torch.save_file(state, str(path))
+    with pytest.raises(core.ModelFormatError, match=expected) as err:
+        core.load_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_checkpoint(core, tmp_path):
+    for load in (core.load_checkpoint, core.load_model):
+        with pytest.raises(core.ModelNotFoundError, match="does not exist") as err:
+            load(tmp_path / "nowhere.safetensors")
+        assert str(tmp_path / "nowhere.safetensors") in str(err.value)
+
+
+def test_folder_without_tokenizer_folder(core, m9_folder, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(m9_folder, folder)
+    shutil.rmtree(folder / "tokenizer")
+    with pytest.raises(core.ModelFormatError, match="no tokenizer/ folder.*sentencepiece.bpe.model") as err:
+        core.load_folder(folder)
+    assert str(folder) in str(err.value)
+
+
+def test_checkpoint_names_leaving_model_folders_are_refused(pack, m9_checkpoint, tmp_path, monkeypatch):
+    loader = pack.nodes.loader
+    root = tmp_path / "checkpoints"
+    (root / "inner").mkdir(parents=True)
+    monkeypatch.setattr(pack.nodes.comfy_seam, "model_roots", lambda: [root])
+    monkeypatch.setattr(pack.nodes.comfy_seam, "checkpoint_roots", lambda: [root / "inner"])
+    shutil.copy(m9_checkpoint, root / "outside.safetensors")  # in a model folder, but not under a checkpoint root
+    for name in ("../outside.safetensors", str(m9_checkpoint), "inner/../../outside.safetensors"):
+        with pytest.raises(pack.altdiff_core.ModelNotFoundError, match="not an AltDiffusion folder under") as err:
+            loader.resolve_model(name)
+        assert repr(name) in str(err.value)
+
+
+def test_failed_load_keeps_nothing(core, m9_folder, tmp_path):
+    """The text encoder and UNet are built before the VAE fails; once the error is gone, so are they."""
+    path = write_ldm_checkpoint(m9_folder, tmp_path / "alt.safetensors")
+    vae_config = tmp_path / "alt" / "vae" / "config.json"
+    config = json.loads(vae_config.read_text(encoding="utf-8"))
+    vae_config.write_text(json.dumps({**config, "block_out_channels": [16, 16, 16, 16]}), encoding="utf-8")
+    kinds = (core.text_encoder.AltTextEncoder, UNet2DConditionModel, AutoencoderKL)
+
+    def alive():
+        gc.collect()
+        return sum(type(o) in kinds for o in gc.get_objects())
+
+    before = alive()
+    with pytest.raises(core.ModelFormatError, match=r"do not fit.*(encoder|decoder)\.") as err:
+        core.load_checkpoint(path)
+    del err
+    assert alive() == before
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_latent_or_image_is_refused(core, m9, bad):
+    latent = torch.zeros(1, 4, 8, 8)
+    latent[0, 1, 2, 3] = bad
+    with pytest.raises(core.InvalidInputError, match="1 NaN/inf values out of 256"):
+        core.decode_latent(m9.vae, latent)
+    image = torch.rand(1, 16, 16, 3)
+    image[0, 0, 0, 0] = bad
+    with pytest.raises(core.InvalidInputError, match="NaN/inf"):
+        core.encode_image(m9.vae, image)
+
+
+def test_zero_batch_is_refused_by_the_vae(core, m9):
+    with pytest.raises(core.InvalidInputError, match="batch is empty"):
+        core.decode_latent(m9.vae, torch.zeros(0, 4, 8, 8))
+    with pytest.raises(core.InvalidInputError, match="batch is empty"):
+        core.encode_image(m9.vae, torch.zeros(0, 16, 16, 3))
+
+
+def test_vae_overflow_is_reported_with_the_fix(core, m9, monkeypatch):
+    """A VAE whose output overflows (fp16 at high resolution) gives a message naming vae_dtype, not a black image."""
+    real_decode = m9.vae.module.decode
+
+    def overflowing(latent):
+        out = real_decode(latent)
+        out.sample[..., 0, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(m9.vae.module, "decode", overflowing)
+    with pytest.raises(core.InvalidInputError, match="vae_dtype fp32"):
+        core.decode_latent(m9.vae, torch.zeros(1, 4, 8, 8))
