@@ -17,6 +17,8 @@ from .loading import DTYPES, check_folder, is_altdiffusion_folder, load_folder
 from .prompt_stage import encode_prompt
 from .samplers import SAMPLERS
 from .schedules import SCHEDULERS
+from .single_file import is_altdiffusion_checkpoint, load_checkpoint
+from .sources import load_model
 from .vae_stage import decode_latent, encode_image
 from .variants import VARIANTS, Variant
 
@@ -39,8 +41,11 @@ __all__ = [
     "decode_latent",
     "encode_image",
     "encode_prompt",
+    "is_altdiffusion_checkpoint",
     "is_altdiffusion_folder",
+    "load_checkpoint",
     "load_folder",
+    "load_model",
     "prepare_noise",
     "sample_latent",
 ]

@@ -92,10 +92,13 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
 
     def describe(self) -> str:
-        """One line for logs and the loader's info output."""
+        """One line for logs and the loader's info output: variant, format, source, dtypes, device, parameter counts."""
         i = self.info
+        fmt = f" ({i['format']})" if i.get("format") else ""
+        vae_dtype = i.get("vae_dtype", i["dtype"])
+        vae = f" (VAE {vae_dtype})" if vae_dtype != i["dtype"] else ""
         return (
-            f"AltDiffusion-{i['variant']} from {i['source']}: {i['dtype']} on {i['device']}; parameters: "
+            f"AltDiffusion-{i['variant']}{fmt} from {i['source']}: {i['dtype']}{vae} on {i['device']}; parameters: "
             f"text encoder {i['params']['text_encoder'] / 1e6:.1f} M, UNet {i['params']['unet'] / 1e6:.1f} M, "
             f"VAE {i['params']['vae'] / 1e6:.1f} M; conditioning width {i['context_dim']}"
         )

@@ -6,8 +6,10 @@ A folder holds ``model_index.json`` (text encoder ``["alt_diffusion", "RobertaSe
 ``.safetensors`` or pickled ``.bin`` (read with ``weights_only=True``); UNet/VAE configs may be years old
 (``_diffusers_version`` 0.8) and old VAEs use pre-0.14 attention key names, which we rename.
 
-Each module is built from its config, filled with the file's weights (every key must match), cast to the
-requested dtype and moved to the device.
+Each module is built from its config on the meta device (no memory, no random initialisation) and filled with the
+file's memory-mapped weights (every key must match), each tensor cast to the requested dtype and moved to the device
+on its own (``weights.load_into``). The ``build_*`` functions take a config dict and diffusers-named weights, so the
+single-file loader (``single_file.py``) shares them.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from .errors import ModelFormatError, ModelNotFoundError, NotAltDiffusionError
 from .schedules import DiscreteSchedule
 from .text_encoder import IGNORED_KEY_PREFIXES, AltTextEncoder, xlmr_config
 from .tokenizer import XLMRTokenizer
-from .variants import detect_variant
-from .weights import find_weight_file, load_into, read_state_dict
+from .variants import Variant, detect_variant
+from .weights import build_empty, find_weight_file, load_into, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LEGACY_VAE_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.is_file():
         raise ModelFormatError(f"{path} is missing; download the model folder again (it must contain {path.name}).")
     try:
@@ -81,7 +83,7 @@ def check_folder(folder: Path) -> dict:
             f"{folder} has no model_index.json, so it is not a diffusers model folder. "
             "Point to the folder that contains model_index.json, text_encoder/, tokenizer/, unet/ and vae/."
         )
-    index = _read_json(index_file)
+    index = read_json(index_file)
     entry = index.get("text_encoder")
     if not entry:
         raise ModelFormatError(f"{index_file} names no text_encoder; this is not a text-to-image model folder.")
@@ -107,16 +109,68 @@ def rename_legacy_vae_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return renamed
 
 
-def _fill(module: torch.nn.Module, folder: Path, stems: tuple[str, ...], dtype: torch.dtype, **kwargs) -> Path:
+def read_component(folder: Path, stems: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Path]:
+    """The weights of one component folder (``unet/``, …) as a memory-mapped state dict, and the file's path."""
     weight_file = find_weight_file(folder, stems)
-    state_dict = read_state_dict(weight_file)
-    if kwargs.pop("legacy_vae", False):
-        state_dict = rename_legacy_vae_keys(state_dict)
-    load_into(module, state_dict, weight_file, **kwargs)
-    # nn.Module.to, not diffusers' ModelMixin.to override, which warns on every cast of a model built from a config.
-    torch.nn.Module.to(module, dtype=dtype)
-    module.eval().requires_grad_(False)
-    return weight_file
+    return read_state_dict(weight_file), weight_file
+
+
+def build_text_encoder(
+    config_dict: dict,
+    state_dict: dict[str, torch.Tensor],
+    tokenizer: XLMRTokenizer,
+    source: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    variant: Variant | None = None,
+) -> TextEncoder:
+    """The text encoder from a ``text_encoder/config.json`` dict and its diffusers-named weights
+    (``roberta.*``, ``transformation.*``, ``pre_LN.*``, m18 ``transformation_pre.*``).
+
+    ``variant`` None: told from the config and the tokenizer's ``model_max_length`` (``detect_variant``).
+    """
+    config = xlmr_config(config_dict)
+    if variant is None:
+        variant = detect_variant(
+            has_pre_transformation=bool(config_dict.get("has_pre_transformation", False)),
+            project_dim=int(config.project_dim),
+            model_max_length=tokenizer.model_max_length,
+        )
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ModelFormatError(
+            f"tokenizer {tokenizer.model_file} has {tokenizer.vocab_size} ids but the text encoder in {source} only "
+            f"{config.vocab_size}; the tokenizer belongs to another model. Use the tokenizer folder of the same model."
+        )
+    module = build_empty(lambda: AltTextEncoder(config, variant))
+    load_into(module, state_dict, source, IGNORED_KEY_PREFIXES, dtype=dtype, device=device)
+    return TextEncoder(module, tokenizer, variant, torch.device(device), dtype, source)
+
+
+def build_unet(
+    config: dict,
+    state_dict: dict[str, torch.Tensor],
+    source: Path,
+    schedule: DiscreteSchedule,
+    variant: Variant,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> DiffusionModel:
+    """The UNet from a diffusers ``unet/config.json`` dict and diffusers-named weights."""
+    unet = build_empty(lambda: UNet2DConditionModel.from_config(config))
+    load_into(unet, state_dict, source, dtype=dtype, device=device)
+    return DiffusionModel(unet, schedule, variant, torch.device(device), dtype, source)
+
+
+def build_vae(
+    config: dict, state_dict: dict[str, torch.Tensor], source: Path, *, device: torch.device, dtype: torch.dtype
+) -> VAE:
+    """The VAE from a diffusers ``vae/config.json`` dict and diffusers-named weights (old attention names accepted)."""
+    vae = build_empty(lambda: AutoencoderKL.from_config(config))
+    load_into(vae, rename_legacy_vae_keys(state_dict), source, dtype=dtype, device=device)
+    scaling = float(config.get("scaling_factor", 0.18215))
+    return VAE(vae, scaling, torch.device(device), dtype, source)
 
 
 def load_text_encoder(folder: Path, *, device: torch.device, dtype: torch.dtype) -> TextEncoder:
@@ -129,62 +183,97 @@ def load_text_encoder(folder: Path, *, device: torch.device, dtype: torch.dtype)
             "Hub repository into it."
         )
     tokenizer = XLMRTokenizer.from_folder(tokenizer_dir)
-    config_dict = _read_json(folder / "text_encoder" / "config.json")
-    config = xlmr_config(config_dict)
-    variant = detect_variant(
-        has_pre_transformation=bool(config_dict.get("has_pre_transformation", False)),
-        project_dim=int(config.project_dim),
-        model_max_length=tokenizer.model_max_length,
-    )
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ModelFormatError(
-            f"tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} ids but the text encoder only {config.vocab_size}; "
-            "the tokenizer belongs to another model. Download both folders from the same repository."
-        )
-    module = AltTextEncoder(config, variant)
-    _fill(module, folder / "text_encoder", ("model", "pytorch_model"), dtype, ignored_prefixes=IGNORED_KEY_PREFIXES)
-    return TextEncoder(module.to(device), tokenizer, variant, torch.device(device), dtype, folder)
+    config_dict = read_json(folder / "text_encoder" / "config.json")
+    state_dict, weight_file = read_component(folder / "text_encoder", ("model", "pytorch_model"))
+    return build_text_encoder(config_dict, state_dict, tokenizer, weight_file, device=device, dtype=dtype)
 
 
-def load_unet(folder: Path, variant, *, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    """UNet (``unet/``) and the discrete schedule from ``scheduler/scheduler_config.json``."""
-    folder = Path(folder)
-    config = _read_json(folder / "unet" / "config.json")
-    unet = UNet2DConditionModel.from_config(config)
-    _fill(unet, folder / "unet", ("diffusion_pytorch_model",), dtype)
-    scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    sched = _read_json(scheduler_file) if scheduler_file.is_file() else {}
+def schedule_from_config(scheduler_file: Path) -> DiscreteSchedule:
+    """The discrete schedule a ``scheduler_config.json`` declares (SD's defaults where it is absent)."""
+    sched = read_json(scheduler_file) if scheduler_file.is_file() else {}
     prediction = sched.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise ModelFormatError(
             f"{scheduler_file} declares prediction_type {prediction!r}; AltDiffusion models predict 'epsilon'. "
             "Restore the model's original scheduler_config.json."
         )
-    schedule = DiscreteSchedule(
+    return DiscreteSchedule(
         beta_start=float(sched.get("beta_start", 0.00085)),
         beta_end=float(sched.get("beta_end", 0.012)),
         num_train_timesteps=int(sched.get("num_train_timesteps", 1000)),
     )
-    return DiffusionModel(unet.to(device), schedule, variant, torch.device(device), dtype, folder)
+
+
+def load_unet(folder: Path, variant: Variant, *, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    """UNet (``unet/``) and the discrete schedule from ``scheduler/scheduler_config.json``."""
+    folder = Path(folder)
+    config = read_json(folder / "unet" / "config.json")
+    schedule = schedule_from_config(folder / "scheduler" / "scheduler_config.json")
+    state_dict, weight_file = read_component(folder / "unet", ("diffusion_pytorch_model",))
+    return build_unet(config, state_dict, weight_file, schedule, variant, device=device, dtype=dtype)
 
 
 def load_vae(folder: Path, *, device: torch.device, dtype: torch.dtype) -> VAE:
     """The VAE (``vae/``), accepting old attention key names."""
     folder = Path(folder)
-    config = _read_json(folder / "vae" / "config.json")
-    vae = AutoencoderKL.from_config(config)
-    _fill(vae, folder / "vae", ("diffusion_pytorch_model",), dtype, legacy_vae=True)
-    scaling = float(config.get("scaling_factor", 0.18215))
-    return VAE(vae.to(device), scaling, torch.device(device), dtype, folder)
+    config = read_json(folder / "vae" / "config.json")
+    state_dict, weight_file = read_component(folder / "vae", ("diffusion_pytorch_model",))
+    return build_vae(config, state_dict, weight_file, device=device, dtype=dtype)
 
 
-def load_folder(folder: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+def assemble(text_encoder: TextEncoder, model: DiffusionModel, vae: VAE, source: Path, started: float, **info) -> LoadedModel:
+    """The three parts as one ``LoadedModel``, after checking they fit together; logs ``describe()``.
+
+    ``info`` adds entries to ``LoadedModel.info`` (e.g. ``format``, ``tokenizer``).
+    """
+    if model.context_dim != text_encoder.context_dim:
+        raise ModelFormatError(
+            f"in {source} the text encoder outputs {text_encoder.context_dim}-wide conditioning but the UNet expects "
+            f"{model.context_dim}; the parts belong to different models."
+        )
+    model.latent_scale = vae.scaling_factor
+    loaded = LoadedModel(
+        text_encoder,
+        model,
+        vae,
+        {
+            "variant": text_encoder.variant.name,
+            "source": str(source),
+            "dtype": _dtype_name(model.dtype),
+            "vae_dtype": _dtype_name(vae.dtype),
+            "device": str(model.device),
+            "context_dim": model.context_dim,
+            "params": {
+                "text_encoder": parameter_count(text_encoder.module),
+                "unet": parameter_count(model.unet),
+                "vae": parameter_count(vae.module),
+            },
+            **info,
+            "load_seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+    logger.info("%s (loaded in %.1f s)", loaded.describe(), loaded.info["load_seconds"])
+    return loaded
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def load_folder(
+    folder: Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    vae_dtype: torch.dtype | None = None,
+) -> LoadedModel:
     """Load every part of an AltDiffusion diffusers folder.
 
     Args:
         folder: the folder holding ``model_index.json``.
         device: where the modules run.
-        dtype: dtype of all three modules (the engine runs the VAE in it too).
+        dtype: dtype of the text encoder and the UNet (weights are cast tensor by tensor on the way from the file).
+        vae_dtype: dtype of the VAE; None = ``dtype``.
 
     Raises:
         ModelNotFoundError, NotAltDiffusionError, ModelFormatError: with the path and the fix.
@@ -195,26 +284,5 @@ def load_folder(folder: Path, *, device: torch.device | str = "cpu", dtype: torc
     check_folder(folder)
     text_encoder = load_text_encoder(folder, device=device, dtype=dtype)
     model = load_unet(folder, text_encoder.variant, device=device, dtype=dtype)
-    if model.context_dim != text_encoder.context_dim:
-        raise ModelFormatError(
-            f"in {folder} the text encoder outputs {text_encoder.context_dim}-wide conditioning but the UNet expects "
-            f"{model.context_dim}; the folders belong to different models."
-        )
-    vae = load_vae(folder, device=device, dtype=dtype)
-    model.latent_scale = vae.scaling_factor
-    info = {
-        "variant": text_encoder.variant.name,
-        "source": str(folder),
-        "dtype": str(dtype).removeprefix("torch."),
-        "device": str(device),
-        "context_dim": model.context_dim,
-        "params": {
-            "text_encoder": parameter_count(text_encoder.module),
-            "unet": parameter_count(model.unet),
-            "vae": parameter_count(vae.module),
-        },
-        "load_seconds": round(time.perf_counter() - started, 3),
-    }
-    loaded = LoadedModel(text_encoder, model, vae, info)
-    logger.info("%s (loaded in %.1f s)", loaded.describe(), info["load_seconds"])
-    return loaded
+    vae = load_vae(folder, device=device, dtype=vae_dtype or dtype)
+    return assemble(text_encoder, model, vae, folder, started, format="diffusers folder")

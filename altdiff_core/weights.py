@@ -1,38 +1,47 @@
 """Reading weight files safely and putting them into modules, with errors that name the file.
 
-``.safetensors`` files are read with safetensors. Pickled ``.bin``/``.ckpt`` files are read only with
-``torch.load(weights_only=True)``, which refuses any pickled object that is not a tensor or a plain
-container: a model file never runs code here.
+``.safetensors`` files are read by ``safetensors_io`` into memory the process owns, header checked first (never
+memory-mapped: see that module for why). Pickled ``.bin``/``.ckpt`` files are read only with
+``torch.load(weights_only=True)``, which refuses any pickled object that is not a tensor or a plain container (a model
+file never runs code here), also into owned memory.
+
+Modules are built on the ``meta`` device (no memory, no random initialisation, see ``build_empty``) and filled by
+``load_into``, which casts each tensor on its own to the wanted dtype and device and *assigns* it: no full fp32 copy of
+the model ever exists, and a file already in the wanted dtype is not copied again after it is read. Once loaded, a
+model does not depend on its file: deleting, truncating or replacing it cannot disturb a running server.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from .errors import ModelFormatError
+from .safetensors_io import meta_tensors, read_tensors
 
 logger = logging.getLogger(__name__)
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ModelFormatError(f"weight file {path} is damaged or truncated ({err}). Download it again.") from err
+NON_PERSISTENT_BUFFERS: dict[str, Callable[[torch.Size], torch.Tensor]] = {
+    # transformers' XLMRobertaEmbeddings registers both with persistent=False: no state dict holds them, so a module
+    # built on the meta device would keep them on meta. Recomputed exactly as its __init__ computes them.
+    "position_ids": lambda shape: torch.arange(shape[-1]).expand(shape),
+    "token_type_ids": lambda shape: torch.zeros(shape, dtype=torch.long),
+}
+"""Buffer name → how to recompute it from its shape, for buffers that are never in a state dict."""
 
 
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+def _read_pickle(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -46,16 +55,31 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ModelFormatError(f"weight file {path} does not hold a flat dict of tensors; it is not a model checkpoint.")
-    return data
+    return {key: tensor for key, tensor in data.items() if key.startswith(prefixes)}
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a ``.safetensors`` or pickled weight file, on the CPU, in their stored dtypes."""
+def reads_parts(path: Path) -> bool:
+    """Whether ``read_state_dict(path, prefixes)`` reads only the asked parts (safetensors); pickles are read whole."""
+    return Path(path).suffix in SAFE_SUFFIXES
+
+
+def read_layout(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the file with its shape and dtype: ``meta`` tensors for safetensors (only the header is read),
+    the real tensors for pickles (which can only be read whole)."""
+    path = Path(path)
+    return meta_tensors(path) if reads_parts(path) else read_state_dict(path)
+
+
+def read_state_dict(path: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` or pickled weight file whose keys start with one of ``prefixes`` (all by
+    default), on the CPU, in their stored dtypes, in memory the process owns. Read a big file part by part
+    (``prefixes``) so that only one part is held before it is cast and placed.
+    """
     path = Path(path)
     if path.suffix in SAFE_SUFFIXES:
-        return _read_safetensors(path)
+        return read_tensors(path, prefixes)
     if path.suffix in PICKLE_SUFFIXES:
-        return _read_pickle(path)
+        return _read_pickle(path, prefixes)
     raise ModelFormatError(
         f"weight file {path} has an unknown extension {path.suffix!r}; expected one of "
         f"{', '.join(SAFE_SUFFIXES + PICKLE_SUFFIXES)}."
@@ -72,19 +96,21 @@ def find_weight_file(folder: Path, stems: Iterable[str]) -> Path:
     raise ModelFormatError(f"no weight file in {folder} (looked for {names}, …). Download the folder's weights again.")
 
 
-def load_into(
-    module: nn.Module,
-    state_dict: dict[str, torch.Tensor],
-    source: Path,
-    ignored_prefixes: tuple[str, ...] = (),
-) -> None:
-    """Copy ``state_dict`` into ``module``; every key must match in name and shape.
+def build_empty(factory: Callable[[], ModuleT]) -> ModuleT:
+    """``factory()`` run on the meta device: the module's structure, shapes and dtypes, no memory, no random init.
+
+    Fill it with ``load_into``; until then its parameters have no values.
+    """
+    with torch.device("meta"):
+        return factory()
+
+
+def check_keys(module: nn.Module, state_dict: dict[str, torch.Tensor], source: Path) -> None:
+    """Every key of ``module`` must be in ``state_dict`` with the same shape, and no other key.
 
     Raises:
-        ModelFormatError: keys missing, unexpected (beyond ``ignored_prefixes``) or of the wrong shape,
-            naming ``source`` and a few of the keys.
+        ModelFormatError: keys missing, unexpected or of the wrong shape, naming ``source`` and a few of the keys.
     """
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignored_prefixes)}
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -105,4 +131,48 @@ def load_into(
             f"weights in {source} do not fit the model its config describes: {'; '.join(problems)}. "
             "The file belongs to another model or the config was edited; download both again."
         )
-    module.load_state_dict(state_dict, strict=True)
+
+
+def load_into(
+    module: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: Path,
+    ignored_prefixes: tuple[str, ...] = (),
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Put ``state_dict`` into ``module`` (built by ``build_empty`` or a real one): every key must match in name and
+    shape. Floating tensors are cast to ``dtype`` (None: kept as stored), all moved to ``device``, one at a time, and
+    assigned, not copied; then the module is set to eval mode without gradients.
+
+    Raises:
+        ModelFormatError: keys missing, unexpected (beyond ``ignored_prefixes``) or of the wrong shape, naming
+            ``source`` and a few of the keys.
+    """
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignored_prefixes)}
+    check_keys(module, state_dict, source)
+    placed = {key: _place(tensor, dtype, torch.device(device)) for key, tensor in state_dict.items()}
+    module.load_state_dict(placed, strict=True, assign=True)
+    _restore_non_persistent_buffers(module, torch.device(device))
+    module.eval().requires_grad_(False)
+
+
+def _place(tensor: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """``tensor`` in ``dtype`` (floating tensors only) on ``device``; itself, not a copy, when it already is."""
+    return tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
+
+
+def _restore_non_persistent_buffers(module: nn.Module, device: torch.device) -> None:
+    for owner_name, owner in module.named_modules():
+        for name in owner._non_persistent_buffers_set:
+            buffer = owner._buffers.get(name)
+            if buffer is None or not buffer.is_meta:
+                continue
+            if name not in NON_PERSISTENT_BUFFERS:
+                raise RuntimeError(
+                    f"buffer {owner_name}.{name} of {type(module).__name__} is not stored in weight files and this "
+                    "pack does not know how to recompute it (a new transformers/diffusers version?); add it to "
+                    "altdiff_core.weights.NON_PERSISTENT_BUFFERS."
+                )
+            owner._buffers[name] = NON_PERSISTENT_BUFFERS[name](buffer.shape).to(device)

@@ -24,7 +24,9 @@ logger = logging.getLogger("altdiffusion")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python .", description="Generate an image with AltDiffusion, no ComfyUI needed.")
     p.add_argument(
-        "--model", default="BAAI/AltDiffusion-m9", help=f"a local diffusers folder, or a Hub id ({', '.join(HUB_MODELS)})"
+        "--model",
+        default="BAAI/AltDiffusion-m9",
+        help=f"a diffusers folder, a single-file .safetensors/.ckpt, or a Hub id ({', '.join(HUB_MODELS)})",
     )
     p.add_argument("--prompt", required=True, help="the prompt, in any of the model's languages")
     p.add_argument("--negative", default="", help="negative prompt")

@@ -1,42 +1,74 @@
-"""Loader node: an AltDiffusion diffusers folder → model, text encoder and VAE."""
+"""Loader node: an AltDiffusion diffusers folder or single-file checkpoint → model, text encoder and VAE."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from ..altdiff_core import DTYPES, ModelNotFoundError, is_altdiffusion_folder, load_folder
+from ..altdiff_core import DTYPES, ModelNotFoundError, is_altdiffusion_checkpoint, is_altdiffusion_folder, load_model
+from ..altdiff_core.single_file import CHECKPOINT_SUFFIXES, tokenizer_folders
 from . import comfy_seam, sockets
 
 logger = logging.getLogger(__name__)
 
 DTYPE_CHOICES = ["auto", *DTYPES]
+VAE_DTYPE_CHOICES = ["auto", *DTYPES]
+
+VAE_AUTO_DTYPES = {torch.float32: torch.float32, torch.bfloat16: torch.bfloat16, torch.float16: None}
+"""Model dtype → VAE dtype for vae_dtype 'auto'; None = bf16 where the device computes it fast, else fp32.
+
+Never fp16: the SD VAE decoder's activations exceed fp16's 65504 at high resolutions and some fine-tuned VAEs
+overflow even at 512 px (NaN → black image; A1111's ``--no-half-vae``). bf16 has fp32's range at fp16's memory, which
+is ComfyUI's own default VAE dtype on such GPUs; the VAE is 84 M parameters, so fp32 costs only 170 MB more.
+"""
+
+
+def _folders() -> Iterator[str]:
+    for root in comfy_seam.model_roots():
+        if root.is_dir():
+            for index in sorted(root.glob("*/model_index.json")) + sorted(root.glob("*/*/model_index.json")):
+                if is_altdiffusion_folder(index.parent):
+                    yield index.parent.relative_to(root).as_posix()
+
+
+def _checkpoints() -> Iterator[str]:
+    """Checkpoint files under the checkpoint roots (recursively, skipping diffusers folders) whose keys name XLM-R."""
+    for root in comfy_seam.checkpoint_roots():
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            if "model_index.json" in filenames:  # a diffusers folder: listed by _folders, its parts are not models
+                dirnames.clear()
+                continue
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if path.suffix in CHECKPOINT_SUFFIXES and is_altdiffusion_checkpoint(path):
+                    yield path.relative_to(root).as_posix()
 
 
 def list_models() -> list[str]:
-    """Names (relative paths with '/') of the AltDiffusion folders under the model roots, first root wins."""
-    names: dict[str, None] = {}
-    for root in comfy_seam.model_roots():
-        if not root.is_dir():
-            continue
-        for index in sorted(root.glob("*/model_index.json")) + sorted(root.glob("*/*/model_index.json")):
-            if is_altdiffusion_folder(index.parent):
-                names.setdefault(index.parent.relative_to(root).as_posix(), None)
-    return list(names)
+    """Names (relative paths with '/') of the AltDiffusion folders under the model roots, then of the AltDiffusion
+    single-file checkpoints under the checkpoint roots; first root wins."""
+    return list(dict.fromkeys([*_folders(), *_checkpoints()]))
 
 
 def resolve_model(name: str) -> Path:
-    """The folder of a listed model name; names that leave the model folders are refused."""
-    for root in comfy_seam.model_roots():
-        candidate = (root / name).resolve()
-        if root.resolve() in candidate.parents and (candidate / "model_index.json").is_file():
-            return candidate
-    roots = ", ".join(str(r) for r in comfy_seam.model_roots())
+    """The folder or checkpoint file of a listed model name; names that leave the model folders are refused."""
+    relative = Path(name)
+    if name and not (relative.is_absolute() or relative.drive or ".." in relative.parts):
+        for root in comfy_seam.model_roots():
+            if (root / relative / "model_index.json").is_file():
+                return (root / relative).resolve()
+        for root in comfy_seam.checkpoint_roots():
+            if relative.suffix in CHECKPOINT_SUFFIXES and (root / relative).is_file():
+                return (root / relative).resolve()
+    roots = ", ".join(str(r) for r in dict.fromkeys(comfy_seam.model_roots() + comfy_seam.checkpoint_roots()))
     raise ModelNotFoundError(
-        f"model {name!r} is not an AltDiffusion folder under the model folders ({roots}). Put the model's diffusers "
-        "folder (with model_index.json) there and refresh the node list."
+        f"model {name!r} is not an AltDiffusion folder under the model folders nor a checkpoint file in them ({roots}). "
+        "Put the model's diffusers folder (with model_index.json) or its .safetensors file there and refresh the node list."
     )
 
 
@@ -47,10 +79,22 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     return DTYPES[choice]
 
 
+def resolve_vae_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto' = the model's dtype, but never fp16 (``VAE_AUTO_DTYPES``); otherwise the dtype named."""
+    if choice != "auto":
+        return DTYPES[choice]
+    auto = VAE_AUTO_DTYPES[model_dtype]
+    if auto is None:
+        bf16_fast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        auto = torch.bfloat16 if bf16_fast else torch.float32
+    return auto
+
+
 class AltDiffusionLoader:
     DESCRIPTION = (
-        "Loads an AltDiffusion model (BAAI AltDiffusion m2, m9 or m18) from a diffusers folder in models/diffusers or "
-        "models/altdiffusion: the multilingual XLM-R text encoder, the UNet and the VAE."
+        "Loads an AltDiffusion model (BAAI AltDiffusion m2, m9 or m18): the multilingual XLM-R text encoder, the UNet and "
+        "the VAE, from a diffusers folder in models/diffusers or models/altdiffusion, or from a single-file A1111 "
+        "checkpoint (.safetensors) in models/checkpoints or models/altdiffusion."
     )
     CATEGORY = sockets.CATEGORY
     FUNCTION = "load"
@@ -70,23 +114,43 @@ class AltDiffusionLoader:
                 "model_name": (
                     list_models(),
                     {
-                        "tooltip": "An AltDiffusion diffusers folder (with model_index.json) under models/diffusers "
-                        "or models/altdiffusion."
+                        "tooltip": "An AltDiffusion diffusers folder (with model_index.json) under models/diffusers or "
+                        "models/altdiffusion, or a single-file checkpoint (.safetensors) under models/checkpoints or "
+                        "models/altdiffusion. A single file carries no tokenizer: put the model's tokenizer folder "
+                        "(sentencepiece.bpe.model) next to it as <file name>/tokenizer/, unless an AltDiffusion "
+                        "diffusers folder is installed too."
                     },
                 ),
                 "dtype": (
                     DTYPE_CHOICES,
                     {"default": "auto", "tooltip": "Weight dtype. auto = fp16 on a CUDA GPU, fp32 elsewhere."},
                 ),
-            }
+            },
+            "optional": {
+                "vae_dtype": (
+                    VAE_DTYPE_CHOICES,
+                    {
+                        "default": "auto",
+                        "tooltip": "VAE weight dtype. auto = the weight dtype, except that fp16 becomes bf16 on a CUDA "
+                        "GPU that supports it and fp32 elsewhere: an fp16 VAE overflows at high resolutions (black "
+                        "images).",
+                    },
+                ),
+            },
         }
 
-    def load(self, model_name: str, dtype: str):
-        return self.load_path(resolve_model(model_name), dtype)
+    def load(self, model_name: str, dtype: str, vae_dtype: str = "auto"):
+        return self.load_path(resolve_model(model_name), dtype, vae_dtype)
 
     @staticmethod
-    def load_path(folder: Path, dtype: str = "auto"):
-        """Load any AltDiffusion folder (the command line's path; the node only offers listed names)."""
+    def load_path(path: Path, dtype: str = "auto", vae_dtype: str | None = None):
+        """Load any AltDiffusion folder or checkpoint file (the command line's path; the node only offers listed names).
+
+        ``vae_dtype`` None: 'auto' when ``dtype`` is 'auto', else ``dtype`` (the VAE as asked for the whole model).
+        """
         device = comfy_seam.torch_device()
-        loaded = load_folder(folder, device=device, dtype=resolve_dtype(dtype, device))
+        model_dtype = resolve_dtype(dtype, device)
+        vae = resolve_vae_dtype(vae_dtype or ("auto" if dtype == "auto" else dtype), model_dtype, device)
+        search = tokenizer_folders(dict.fromkeys(comfy_seam.model_roots() + comfy_seam.checkpoint_roots()))
+        loaded = load_model(path, device=device, dtype=model_dtype, vae_dtype=vae, tokenizer_folders=search)
         return (loaded.model, loaded.text_encoder, loaded.vae, loaded.describe())

@@ -94,22 +94,41 @@ def _mark_ran():
 def test_wrong_width_conditioning(core, m9):
     wide = [[torch.zeros(1, 77, 1024), {}]]
     with pytest.raises(core.InvalidInputError, match="1024 wide.*expects 768"):
-        core.sample_latent(m9.model, wide, wide, torch.zeros(1, 4, 8, 8), seed=0, steps=2, cfg=7.0,
-                           sampler_name="euler", scheduler="normal")
+        core.sample_latent(
+            m9.model, wide, wide, torch.zeros(1, 4, 8, 8), seed=0, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal"
+        )
 
 
 def test_zero_steps(core, m9):
     cond, _ = core.encode_prompt(m9.text_encoder, "")
     with pytest.raises(core.InvalidInputError, match="steps is 0"):
-        core.sample_latent(m9.model, [[cond, {}]], [[cond, {}]], torch.zeros(1, 4, 8, 8), seed=0, steps=0, cfg=7.0,
-                           sampler_name="euler", scheduler="normal")
+        core.sample_latent(
+            m9.model,
+            [[cond, {}]],
+            [[cond, {}]],
+            torch.zeros(1, 4, 8, 8),
+            seed=0,
+            steps=0,
+            cfg=7.0,
+            sampler_name="euler",
+            scheduler="normal",
+        )
 
 
 def test_wrong_channel_latent(core, m9):
     cond, _ = core.encode_prompt(m9.text_encoder, "")
     with pytest.raises(core.InvalidInputError, match=r"\(1, 16, 8, 8\).*\[batch, 4"):
-        core.sample_latent(m9.model, [[cond, {}]], [[cond, {}]], torch.zeros(1, 16, 8, 8), seed=0, steps=2, cfg=7.0,
-                           sampler_name="euler", scheduler="normal")
+        core.sample_latent(
+            m9.model,
+            [[cond, {}]],
+            [[cond, {}]],
+            torch.zeros(1, 16, 8, 8),
+            seed=0,
+            steps=2,
+            cfg=7.0,
+            sampler_name="euler",
+            scheduler="normal",
+        )
     with pytest.raises(core.InvalidInputError, match="does not fit this VAE"):
         core.decode_latent(m9.vae, torch.zeros(1, 16, 8, 8))
 
@@ -118,19 +137,22 @@ def test_unknown_sampler_and_scheduler(core, m9):
     cond, _ = core.encode_prompt(m9.text_encoder, "")
     kwargs = dict(seed=0, steps=2, cfg=7.0)
     with pytest.raises(core.InvalidInputError, match="unknown sampler 'nope'"):
-        core.sample_latent(m9.model, [[cond, {}]], [[cond, {}]], torch.zeros(1, 4, 8, 8), sampler_name="nope",
-                           scheduler="normal", **kwargs)
+        core.sample_latent(
+            m9.model, [[cond, {}]], [[cond, {}]], torch.zeros(1, 4, 8, 8), sampler_name="nope", scheduler="normal", **kwargs
+        )
     with pytest.raises(core.AltDiffusionError, match="nope"):
-        core.sample_latent(m9.model, [[cond, {}]], [[cond, {}]], torch.zeros(1, 4, 8, 8), sampler_name="euler",
-                           scheduler="nope", **kwargs)
+        core.sample_latent(
+            m9.model, [[cond, {}]], [[cond, {}]], torch.zeros(1, 4, 8, 8), sampler_name="euler", scheduler="nope", **kwargs
+        )
 
 
 def test_unsupported_conditioning_option_is_refused(core, m9):
     cond, _ = core.encode_prompt(m9.text_encoder, "")
     area = [[cond, {"area": (8, 8, 0, 0)}]]
     with pytest.raises(core.InvalidInputError, match="ConditioningSetArea.*KSampler"):
-        core.sample_latent(m9.model, area, area, torch.zeros(1, 4, 8, 8), seed=0, steps=2, cfg=7.0,
-                           sampler_name="euler", scheduler="normal")
+        core.sample_latent(
+            m9.model, area, area, torch.zeros(1, 4, 8, 8), seed=0, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal"
+        )
 
 
 def test_image_too_small_for_one_latent_cell(core, m9):
@@ -285,3 +307,65 @@ def test_vae_overflow_is_reported_with_the_fix(core, m9, monkeypatch):
     monkeypatch.setattr(m9.vae.module, "decode", overflowing)
     with pytest.raises(core.InvalidInputError, match="vae_dtype fp32"):
         core.decode_latent(m9.vae, torch.zeros(1, 4, 8, 8))
+
+
+def _safetensors(header: str, data: bytes = b"", claimed: int | None = None) -> bytes:
+    raw = header.encode()
+    return (len(raw) if claimed is None else claimed).to_bytes(8, "little") + raw + data
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x01\x00", "too short"),
+        (_safetensors("{}", claimed=2**62), "header claims"),
+        (_safetensors("not json at all!"), "not JSON"),
+        (_safetensors("[]"), "not a JSON object"),
+        (_safetensors('{"w": {"dtype": "XX", "shape": [4], "data_offsets": [0, 16]}}', bytes(16)), "invalid header"),
+        (_safetensors('{"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 16]}}', bytes(64)), "needs 64 bytes"),
+        (_safetensors('{"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}', bytes(16)), "negative"),
+        (_safetensors('{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}', bytes(8)), "ends at byte"),
+        (_safetensors('{"w": {"dtype": "F32", "shape": [1000000000000], "data_offsets": [0, 4000000000000]}}'), "ends at"),
+    ],
+    ids=["short", "huge-length", "not-json", "not-object", "dtype", "size", "negative", "beyond-file", "absurd-shape"],
+)
+def test_absurd_safetensors_headers_are_refused(core, tmp_path, content, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(core.ModelFormatError, match=message) as err:
+        core.weights.read_state_dict(path)
+    assert str(path) in str(err.value)
+
+
+def test_loaded_model_no_longer_depends_on_its_file(core, m9_folder, tmp_path):
+    """Truncating or deleting the weight files after loading changes nothing (no memory map to fault on)."""
+    folder = tmp_path / "copy"
+    shutil.copytree(m9_folder, folder)
+    loaded = core.load_folder(folder)
+    cond, _ = core.encode_prompt(loaded.text_encoder, "a cat")
+    before = core.sample_latent(
+        loaded.model,
+        [[cond, {}]],
+        [[cond, {}]],
+        torch.zeros(1, 4, 8, 8),
+        seed=1,
+        steps=2,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+    )
+    for weights in folder.rglob("*.safetensors"):
+        weights.write_bytes(b"")
+    after = core.sample_latent(
+        loaded.model,
+        [[cond, {}]],
+        [[cond, {}]],
+        torch.zeros(1, 4, 8, 8),
+        seed=1,
+        steps=2,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+    )
+    assert torch.equal(before, after)
+    assert torch.equal(core.encode_prompt(loaded.text_encoder, "a cat")[0], cond)
