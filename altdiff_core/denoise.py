@@ -4,11 +4,15 @@ Everything happens in k-diffusion's (VE) parameterisation on the float32 CPU-or-
 
 - the UNet sees ``x / sqrt(σ² + 1)`` at timestep ``schedule.timestep(σ)`` (nearest of the 1000 training steps),
   in the model's dtype, and predicts ε; the denoised estimate is ``x − ε·σ``;
-- CFG: ``uncond + (cond − uncond)·cfg`` (on ε, which is the same mix); cfg = 1 skips the unconditional pass;
+- CFG: ``uncond + (cond − uncond)·cfg`` on the denoised estimates, as ComfyUI writes it; cfg = 1 skips the
+  unconditional pass (half the UNet rows);
 - several conditioning entries (``ConditioningCombine``) are averaged weighted by their ``strength``, and entries
   with ``start_percent``/``end_percent`` (``ConditioningSetTimestepRange``) only act inside their σ range;
 - noise: ``torch.manual_seed(seed)`` + ``randn`` of the latent's shape on the CPU (per-index with ``batch_index``);
-  start ``x = noise·sqrt(1 + σ₀²)`` at full denoise, else ``latent·scale + noise·σ₀``;
+  start ``x = noise·sqrt(1 + σ₀²)`` at full denoise, else ``latent·scale + noise·σ₀``; ``add_noise=False``
+  (``KSamplerAdvanced``'s ``add_noise = disable``) uses zero noise, so a half-denoised latent continues as it is;
+- ``start_at_step`` / ``end_at_step`` / ``force_full_denoise`` slice the σ list as ``KSamplerAdvanced`` does
+  (``schedules.advanced_sigmas``), so a run can stop mid-schedule and another sampler (ours or KSampler) finish it;
 - ``noise_mask`` (1 = resample) keeps the rest of the latent pinned, as ``KSamplerX0Inpaint`` does.
 
 Latents in and out are raw (unscaled) VAE latents ``[B, 4, H/8, W/8]`` float32 on the CPU.
@@ -30,7 +34,7 @@ from .convert import latent_to_model, model_to_latent
 from .errors import InvalidInputError
 from .samplers import SAMPLERS
 from .samplers import sample as run_sampler
-from .schedules import sigmas_for
+from .schedules import advanced_sigmas
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +147,18 @@ def _common_length(lengths: set[int]) -> int | None:
 
 
 class Guider:
-    """``denoise_fn(x, σ)`` for the samplers: UNet calls with CFG and conditioning entries applied.
+    """``denoise_fn(x, σ)`` for the samplers: UNet calls with CFG and conditioning entries applied, in the order of
+    operations of ComfyUI's ``sampling_function`` / ``calc_cond_batch`` / ``cfg_function`` (0.3.75).
 
-    All entries active at σ (negative first, then positive, as the reference pipeline orders its CFG batch) run in one
-    UNet batch when their token counts allow it, as ComfyUI's ``calc_cond_batch`` batches them. The mixing is done on
-    ε rather than on the denoised estimates as ComfyUI writes it: ``x − σ·mix(ε)`` equals ``mix(x − σ·ε)`` for these
-    affine mixes, and mixing ε avoids cancelling two large ``x − σ·ε`` values.
+    All entries active at σ run in one UNet batch when their token counts allow it, ordered as ComfyUI's
+    ``calc_cond_batch`` orders them (negatives, then positives, each in reverse order). Each entry's prediction is
+    turned into a denoised estimate ``x − ε·σ`` first, the entries of each side are averaged weighted by ``strength``
+    (``Σ x0·s / (1e-37 + Σ s)``), and CFG mixes the two estimates: ``uncond + (cond − uncond)·cfg``.
+
+    Mixing ε instead (as diffusers' pipelines do) is the same formula but rounds differently (at σ_max the two
+    estimates are ~15× larger than ε), so a seed would give KSampler's picture only up to the last bits. In this form
+    our sampler is bit-identical to KSampler on the same UNet module (``tests/test_ksampler_parity.py``, exact tier),
+    which leaves only the UNet implementations' own rounding (diffusers' vs ComfyUI's) between the two.
     """
 
     def __init__(self, model: DiffusionModel, positive: list[CondEntry], negative: list[CondEntry], cfg: float):
@@ -157,45 +167,41 @@ class Guider:
         self.negative = None if math.isclose(cfg, 1.0) else negative
         self.cfg = cfg
 
-    def _eps(self, x: torch.Tensor, sigma: torch.Tensor, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The UNet's ε (float32, shaped like ``x``) for each context, in as few UNet calls as the lengths allow."""
+    def _denoised(self, x: torch.Tensor, sigma: torch.Tensor, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``x − ε·σ`` (float32, shaped like ``x``) for each context, in as few UNet calls as the lengths allow."""
         m = self.model
-        lengths = {c.shape[1] for c in contexts}
-        common = _common_length(lengths)
+        common = _common_length({c.shape[1] for c in contexts})
         if common is None:  # too different to batch: one call per context
-            return [self._eps(x, sigma, [c])[0] for c in contexts]
+            return [self._denoised(x, sigma, [c])[0] for c in contexts]
         batch = x.shape[0]
         ctx = torch.cat([c.repeat(math.ceil(batch / c.shape[0]), common // c.shape[1], 1)[:batch] for c in contexts])
-        x_in = (x / (sigma.reshape(-1, 1, 1, 1) ** 2 + 1.0).sqrt()).to(m.dtype).repeat(len(contexts), 1, 1, 1)
+        sig = sigma.reshape(-1, 1, 1, 1)
+        x_in = (x / (sig**2 + 1.0) ** 0.5).to(m.dtype).repeat(len(contexts), 1, 1, 1)
         t = m.schedule.timestep(sigma).float().repeat(len(contexts))
         eps = m.unet(x_in, t.to(m.device), encoder_hidden_states=ctx.to(m.device, m.dtype), return_dict=False)[0]
-        return list(eps.float().chunk(len(contexts)))
+        return [x - e * sig for e in eps.float().chunk(len(contexts))]
 
     @staticmethod
-    def _mean(x, sigma, eps: list[torch.Tensor], entries: list[CondEntry]) -> torch.Tensor:
-        """Strength-weighted mean ε; with no entry active ComfyUI predicts x0 = 0, i.e. ε = x/σ."""
-        if not entries:
-            return x / sigma.reshape(-1, 1, 1, 1)
-        weight = sum(e.strength for e in entries)
-        if weight == 0.0:
-            return x / sigma.reshape(-1, 1, 1, 1)
-        if len(entries) == 1 and entries[0].strength == 1.0:
-            return eps[0]
-        return sum(e * entry.strength for e, entry in zip(eps, entries, strict=True)) / weight
+    def _mean(x: torch.Tensor, denoised: list[torch.Tensor], entries: list[CondEntry]) -> torch.Tensor:
+        """Strength-weighted mean, accumulated as ComfyUI does (no entry active, or all at strength 0: x0 = 0)."""
+        out = torch.zeros_like(x)
+        count = torch.full_like(x, 1e-37)
+        for d, entry in zip(denoised, entries, strict=True):
+            out += d * entry.strength
+            count += entry.strength
+        return out / count
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = float(sigma.max())
-        active = lambda entries: [e for e in entries or () if e.sigma_end <= s <= e.sigma_start]  # noqa: E731
+        active = lambda entries: [e for e in reversed(entries or ()) if e.sigma_end <= s <= e.sigma_start]  # noqa: E731
         pos, neg = active(self.positive), active(self.negative)
         with torch.inference_mode():
-            eps = self._eps(x, sigma, [e.context for e in neg + pos]) if neg or pos else []
-            cond = self._mean(x, sigma, eps[len(neg) :], pos)
+            denoised = self._denoised(x, sigma, [e.context for e in neg + pos]) if neg or pos else []
+            cond = self._mean(x, denoised[len(neg) :], pos)
             if self.negative is None:
-                mixed = cond
-            else:
-                uncond = self._mean(x, sigma, eps[: len(neg)], neg)
-                mixed = uncond + (cond - uncond) * self.cfg
-            return x - mixed * sigma.reshape(-1, 1, 1, 1)
+                return cond
+            uncond = self._mean(x, denoised[: len(neg)], neg)
+            return uncond + (cond - uncond) * self.cfg
 
 
 class MaskedDenoiser:
@@ -226,19 +232,32 @@ def sample_latent(
     batch_index: Sequence[int] | None = None,
     callback: StepCallback | None = None,
     sigmas: torch.Tensor | None = None,
+    add_noise: bool = True,
+    start_at_step: int | None = None,
+    end_at_step: int | None = None,
+    force_full_denoise: bool = False,
 ) -> torch.Tensor:
     """Run the sampler; ``latent`` raw ``[B,4,h,w]`` → raw ``[B,4,h,w]`` float32 on the CPU.
 
     Args:
         positive, negative: CONDITIONING lists ``[[tensor [1,T,dim], dict], …]``.
         latent: the starting raw latent (zeros for txt2img).
-        seed: noise seed (any 64-bit value), drawn on the CPU as KSampler draws it.
+        seed: noise seed (any 64-bit value), drawn on the CPU as KSampler draws it; the stochastic samplers'
+            extra noise comes from it too.
         steps, cfg, sampler_name, scheduler, denoise: as KSampler's inputs; denoise < 1 keeps the last
             ``steps`` of ``int(steps / denoise)`` (img2img).
         noise_mask: optional MASK, 1 = resample.
         batch_index: optional per-image noise indices (LATENT ``batch_index``).
         callback: ``callback(step, total, x, denoised)`` after each step (progress, cancel, previews).
-        sigmas: an explicit σ schedule (descending, float32) replacing scheduler/steps/denoise.
+        sigmas: an explicit σ schedule (descending, float32) replacing scheduler/steps/denoise/start/end.
+        add_noise: False = start from the latent itself (zero noise), for a latent that still carries the noise of
+            an earlier partial run (``KSamplerAdvanced``'s ``add_noise = disable``).
+        start_at_step, end_at_step: run only steps ``start_at_step … end_at_step − 1`` of the schedule
+            (``KSamplerAdvanced``); None = from the first / to the last.
+        force_full_denoise: with ``end_at_step`` before the last step, make the last σ 0 so the result is
+            denoised (``return_with_leftover_noise = disable``); False returns it with the leftover noise.
+
+    A schedule with no step left (``denoise`` 0, ``start_at_step`` past the end) returns the latent unchanged.
     """
     if latent.ndim != 4 or latent.shape[1] != model.latent_channels:
         raise InvalidInputError(
@@ -257,18 +276,28 @@ def sample_latent(
     latent = latent.float().cpu()
     if sigmas is None:
         try:
-            sigmas = sigmas_for(model.schedule, scheduler, steps, denoise, sampler_name=sampler_name)
+            sigmas = advanced_sigmas(
+                model.schedule,
+                scheduler,
+                steps,
+                denoise=denoise,
+                sampler_name=sampler_name,
+                start_at_step=start_at_step,
+                end_at_step=end_at_step,
+                force_full_denoise=force_full_denoise,
+            )
         except ValueError as err:
             raise InvalidInputError(str(err)) from err
-    if len(sigmas) <= 1:
+    if len(sigmas) == 0:  # ComfyUI's CFGGuider.sample: nothing to do, the input comes back (a single σ still noises)
         return latent.clone()
-    noise = prepare_noise(latent, seed, batch_index)
+    noise = prepare_noise(latent, seed, batch_index) if add_noise else torch.zeros_like(latent)
     scaled = latent_to_model(latent, model.latent_scale)
     device = model.device
     noise_d, scaled_d, sigmas = noise.to(device), scaled.to(device), sigmas.float().to(device)
     sigma0 = float(sigmas[0])
     full = math.isclose(float(model.schedule.sigma_max), sigma0, rel_tol=1e-5) or sigma0 > float(model.schedule.sigma_max)
-    x = scaled_d + noise_d * (math.sqrt(1.0 + sigma0**2) if full else sigma0)
+    # EPS.noise_scaling, in its float32 arithmetic
+    x = noise_d * (torch.sqrt(1.0 + sigmas[0] ** 2.0) if full else sigmas[0]) + scaled_d
     denoiser: Callable = Guider(model, pos, neg, cfg)
     if noise_mask is not None:
         mask = prepare_mask(noise_mask, latent.shape).to(device)

@@ -1188,6 +1188,11 @@ SAMPLERS: dict[str, SamplerSpec] = dict(
 )
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
+# What the sampler nodes offer: the names whose results match ComfyUI's KSampler (tests/test_ksampler_parity.py:
+# bit-identical on a shared UNet module, within 1e-3 on the full-size UNet in a real ComfyUI), plus pndm, which KSampler
+# does not have. Every ported sampler matches, so all are offered; a name that stops matching is removed here.
+OFFERED_SAMPLERS: tuple[str, ...] = SAMPLER_NAMES
+
 
 def get_sampler(name: str) -> SamplerSpec:
     """The ``SamplerSpec`` for ``name``; raises InvalidInputError (a ValueError) naming the choices otherwise."""

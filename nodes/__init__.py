@@ -1,7 +1,7 @@
 """ComfyUI nodes of the pack: thin adapters over ``altdiff_core``."""
 
 from .loader import AltDiffusionLoader
-from .sampler import AltDiffusionSampler
+from .sampler import AltDiffusionSampler, AltDiffusionSamplerAdvanced
 from .text_encode import AltDiffusionSetLastLayer, AltDiffusionTextEncode
 from .vae import AltDiffusionVAEDecode, AltDiffusionVAEEncode
 
@@ -11,6 +11,7 @@ NODE_CLASS_MAPPINGS = {
     "AltDiffusionTextEncode": AltDiffusionTextEncode,
     "AltDiffusionSetLastLayer": AltDiffusionSetLastLayer,
     "AltDiffusionSampler": AltDiffusionSampler,
+    "AltDiffusionSamplerAdvanced": AltDiffusionSamplerAdvanced,
     "AltDiffusionVAEEncode": AltDiffusionVAEEncode,
     "AltDiffusionVAEDecode": AltDiffusionVAEDecode,
 }
@@ -20,6 +21,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AltDiffusionTextEncode": "AltDiffusion Text Encode (multilingual)",
     "AltDiffusionSetLastLayer": "AltDiffusion Set Last Layer",
     "AltDiffusionSampler": "AltDiffusion Sampler",
+    "AltDiffusionSamplerAdvanced": "AltDiffusion Sampler (Advanced)",
     "AltDiffusionVAEEncode": "AltDiffusion VAE Encode (img2img)",
     "AltDiffusionVAEDecode": "AltDiffusion VAE Decode",
 }

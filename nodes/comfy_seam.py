@@ -49,6 +49,15 @@ def model_roots() -> list[Path]:
     return [PACK_ROOT / "models" / PACK_FOLDER]
 
 
+def checkpoint_roots() -> list[Path]:
+    """Folders (searched recursively) that may hold single-file AltDiffusion checkpoints, in search order:
+    ComfyUI's ``models/checkpoints`` (where A1111 users put them), then ``models/altdiffusion``."""
+    if IN_COMFYUI:
+        names = [n for n in ("checkpoints", PACK_FOLDER) if n in folder_paths.folder_names_and_paths]
+        return [Path(p) for n in names for p in folder_paths.get_folder_paths(n)]
+    return [PACK_ROOT / "models" / PACK_FOLDER]
+
+
 def hub_download_dir() -> Path:
     """Where a Hub model is downloaded: ComfyUI's ``models/diffusers``, or the pack's ``models/altdiffusion``."""
     if IN_COMFYUI:

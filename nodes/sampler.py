@@ -1,9 +1,58 @@
-"""Sampler node: KSampler's inputs and numbers, running the AltDiffusion UNet."""
+"""Sampler nodes: KSampler's and KSamplerAdvanced's inputs and numbers, running the AltDiffusion UNet."""
 
 from __future__ import annotations
 
-from ..altdiff_core import SAMPLERS, SCHEDULERS, sample_latent
+from ..altdiff_core import SCHEDULERS, sample_latent
+from ..altdiff_core.samplers import OFFERED_SAMPLERS
 from . import comfy_seam, sockets
+
+SEED_OPTIONS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
+
+
+def _common_inputs() -> dict:
+    """The inputs both nodes share (tooltips included); each node picks them in its ComfyUI twin's order."""
+    return {
+        "model": (sockets.MODEL, {"tooltip": "The UNet from the AltDiffusion Loader."}),
+        "steps": ("INT", {"default": 25, "min": 1, "max": 10000, "tooltip": "Denoising steps."}),
+        "cfg": (
+            "FLOAT",
+            {
+                "default": 7.5,
+                "min": 0.0,
+                "max": 100.0,
+                "step": 0.1,
+                "round": 0.01,
+                "tooltip": "Classifier-free guidance scale; 1 skips the negative prompt (and half the work).",
+            },
+        ),
+        "sampler_name": (
+            list(OFFERED_SAMPLERS),
+            {"default": "dpmpp_2m", "tooltip": "Sampling algorithm (KSampler's names; pndm is the model's own)."},
+        ),
+        "scheduler": (
+            list(SCHEDULERS),
+            {"default": "karras", "tooltip": "How the noise levels are spaced (KSampler's names)."},
+        ),
+        "positive": ("CONDITIONING", {"tooltip": "What the image should show (AltDiffusion Text Encode)."}),
+        "negative": ("CONDITIONING", {"tooltip": "What the image should not show."}),
+        "latent_image": ("LATENT", {"tooltip": "Empty latent for txt2img, or an encoded image for img2img."}),
+    }
+
+
+def _run(model, latent_image: dict, steps: int, **kwargs) -> tuple[dict]:
+    """One engine call with progress/cancel/previews; the LATENT dict's other keys are kept."""
+    out = sample_latent(
+        model,
+        latent=latent_image["samples"],
+        steps=steps,
+        noise_mask=latent_image.get("noise_mask"),
+        batch_index=latent_image.get("batch_index"),
+        callback=comfy_seam.step_callback(steps, model.device),
+        **kwargs,
+    )
+    result = dict(latent_image)
+    result["samples"] = out
+    return (result,)
 
 
 class AltDiffusionSampler:
@@ -18,74 +67,133 @@ class AltDiffusionSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
+        common = _common_inputs()
+        common["seed"] = (
+            "INT",
+            {
+                **SEED_OPTIONS,
+                "tooltip": "Noise seed; the noise is drawn on the CPU as KSampler draws it, "
+                "so a seed gives the same noise on any device.",
+            },
+        )
+        order = ("model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image")
+        inputs = {name: common[name] for name in order}
+        inputs["denoise"] = (
+            "FLOAT",
+            {
+                "default": 1.0,
+                "min": 0.0,
+                "max": 1.0,
+                "step": 0.01,
+                "tooltip": "1 = txt2img; lower keeps more of the input latent.",
+            },
+        )
+        return {"required": inputs}
+
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
+        return _run(
+            model,
+            latent_image,
+            steps,
+            positive=positive,
+            negative=negative,
+            seed=seed,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            scheduler=scheduler,
+            denoise=denoise,
+        )
+
+
+class AltDiffusionSamplerAdvanced:
+    DESCRIPTION = (
+        "KSamplerAdvanced for the AltDiffusion UNet: runs only the steps from start_at_step to end_at_step of the "
+        "schedule, with or without adding noise, and can return the latent with its leftover noise. A latent can go "
+        "back and forth between this node and ComfyUI's KSamplerAdvanced mid-schedule (e.g. a refiner pass)."
+    )
+    CATEGORY = sockets.CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = (
+        "The latent after end_at_step (raw, unscaled): denoised, or still noisy with return_with_leftover_noise, "
+        "for another advanced sampler to continue.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        common = _common_inputs()
         return {
             "required": {
-                "model": (sockets.MODEL, {"tooltip": "The UNet from the AltDiffusion Loader."}),
-                "seed": (
+                "model": common["model"],
+                "add_noise": (
+                    ["enable", "disable"],
+                    {
+                        "tooltip": "enable: noise the latent from noise_seed first; disable: continue a latent that "
+                        "still carries noise (from a run with return_with_leftover_noise)."
+                    },
+                ),
+                "noise_seed": (
+                    "INT",
+                    {**SEED_OPTIONS, "tooltip": "Noise seed, drawn on the CPU as KSamplerAdvanced draws it."},
+                ),
+                "steps": common["steps"],
+                "cfg": common["cfg"],
+                "sampler_name": common["sampler_name"],
+                "scheduler": common["scheduler"],
+                "positive": common["positive"],
+                "negative": common["negative"],
+                "latent_image": common["latent_image"],
+                "start_at_step": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 10000, "tooltip": "First step of the schedule to run (0 = the start)."},
+                ),
+                "end_at_step": (
                     "INT",
                     {
-                        "default": 0,
+                        "default": 10000,
                         "min": 0,
-                        "max": 0xFFFFFFFFFFFFFFFF,
-                        "control_after_generate": True,
-                        "tooltip": "Noise seed; the noise is drawn on the CPU as KSampler draws it, "
-                        "so a seed gives the same noise on any device.",
+                        "max": 10000,
+                        "tooltip": "Stop before this step (10000 = run to the end of the schedule).",
                     },
                 ),
-                "steps": ("INT", {"default": 25, "min": 1, "max": 10000, "tooltip": "Denoising steps."}),
-                "cfg": (
-                    "FLOAT",
+                "return_with_leftover_noise": (
+                    ["disable", "enable"],
                     {
-                        "default": 7.5,
-                        "min": 0.0,
-                        "max": 100.0,
-                        "step": 0.1,
-                        "round": 0.01,
-                        "tooltip": "Classifier-free guidance scale; 1 skips the negative prompt (and half the work).",
-                    },
-                ),
-                "sampler_name": (
-                    list(SAMPLERS),
-                    {"default": "dpmpp_2m", "tooltip": "Sampling algorithm (KSampler's names; pndm is the model's own)."},
-                ),
-                "scheduler": (
-                    list(SCHEDULERS),
-                    {"default": "karras", "tooltip": "How the noise levels are spaced (KSampler's names)."},
-                ),
-                "positive": ("CONDITIONING", {"tooltip": "What the image should show (AltDiffusion Text Encode)."}),
-                "negative": ("CONDITIONING", {"tooltip": "What the image should not show."}),
-                "latent_image": ("LATENT", {"tooltip": "Empty latent for txt2img, or an encoded image for img2img."}),
-                "denoise": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": "1 = txt2img; lower keeps more of the input latent.",
+                        "tooltip": "disable: when stopping early, denoise fully on the last step; enable: return the "
+                        "latent still noisy, for another sampler to continue with add_noise disabled."
                     },
                 ),
             }
         }
 
-    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
-        samples = latent_image["samples"]
-        callback = comfy_seam.step_callback(steps, model.device)
-        out = sample_latent(
+    def sample(
+        self,
+        model,
+        add_noise,
+        noise_seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        positive,
+        negative,
+        latent_image,
+        start_at_step,
+        end_at_step,
+        return_with_leftover_noise,
+    ):
+        return _run(
             model,
-            positive,
-            negative,
-            samples,
-            seed=seed,
-            steps=steps,
+            latent_image,
+            steps,
+            positive=positive,
+            negative=negative,
+            seed=noise_seed,
             cfg=cfg,
             sampler_name=sampler_name,
             scheduler=scheduler,
-            denoise=denoise,
-            noise_mask=latent_image.get("noise_mask"),
-            batch_index=latent_image.get("batch_index"),
-            callback=callback,
+            add_noise=add_noise == "enable",
+            start_at_step=start_at_step,
+            end_at_step=end_at_step,
+            force_full_denoise=return_with_leftover_noise == "disable",
         )
-        result = dict(latent_image)
-        result["samples"] = out
-        return (result,)

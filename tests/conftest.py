@@ -18,8 +18,29 @@ sys.path.insert(0, str(TESTS))
 from comfy_server import ComfyServer  # noqa: E402
 from factories import write_altdiffusion_folder, write_component_file, write_sd_clip_folder  # noqa: E402
 
+PARITY_UNET_FILE = "altdiffusion_m9_unet.safetensors"
+"""Full-size SD1 UNet (random, seed 0) in ``diffusion_models/``, for UNETLoader."""
+PARITY_MODEL = "AltDiffusion-m9-fullunet"
+"""AltDiffusion folder under ``altdiffusion/`` whose UNet weights are ``PARITY_UNET_FILE``'s."""
+
 # The repository folder is a package whose name may contain '-': import it the way ComfyUI and `python .` do.
 runpy.run_path(str(ROOT / "__main__.py"), run_name="altdiffusion_bootstrap")["load_pack"](ROOT)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: full-size UNet sweeps too slow for CI (hours on 2 cores); deselected unless -m selects them"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave ``slow`` tests out unless the ``-m`` expression names them (``-m slow``, ``-m "slow and comfyui"``)."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(scope="session")
@@ -62,21 +83,36 @@ def comfy_models(tmp_path_factory) -> Path:
 
     ``altdiffusion/AltDiffusion-m9`` and ``-m18`` (tiny; the names the shipped workflows use), and full-size files that
     ComfyUI's own loaders recognise by shape: an SD1 UNet in ``diffusion_models/`` (for UNETLoader + KSampler, ~1 min
-    to build) and an SD VAE in ``vae/``.
+    to build) and an SD VAE in ``vae/``. ``altdiffusion/AltDiffusion-m9-fullunet`` has that same UNet file (a hard
+    link, fp16 on disk like the single file; both sides compute in fp32 on the CPU) with the tiny text encoder and
+    VAE, so that our sampler and KSampler run the same weights (``test_ksampler_parity.py``).
     """
     base = tmp_path_factory.mktemp("comfy_models")
     write_altdiffusion_folder(base / "altdiffusion" / "AltDiffusion-m9", "m9", seed=0)
     write_altdiffusion_folder(base / "altdiffusion" / "AltDiffusion-m18", "m18", seed=1)
     (base / "diffusion_models").mkdir()
     (base / "vae").mkdir()
-    write_component_file(base / "diffusion_models" / "altdiffusion_m9_unet.safetensors", "unet", family="sd1")
+    unet = write_component_file(base / "diffusion_models" / PARITY_UNET_FILE, "unet", family="sd1", seed=0)
+    write_altdiffusion_folder(base / "altdiffusion" / PARITY_MODEL, "m9", seed=0, unet_size="full", unet_file=unet)
     write_component_file(base / "vae" / "sd_vae.safetensors", "vae")
     return base
 
 
 @pytest.fixture(scope="session")
+def parity_models() -> dict[str, str]:
+    """Names, as ComfyUI lists them, of the one UNet both samplers load: ``model`` for AltDiffusionLoader, ``unet`` for
+    UNETLoader (``test_ksampler_parity.py``)."""
+    return {"model": PARITY_MODEL, "unet": PARITY_UNET_FILE}
+
+
+@pytest.fixture(scope="session")
 def comfy(comfy_models, tmp_path_factory):
-    """A real ComfyUI 0.3.75 server (CPU) with this pack in custom_nodes and the test models on its paths."""
+    """A real ComfyUI 0.3.75 server (CPU) with this pack in custom_nodes and the test models on its paths.
+
+    Started with ``--preview-method latent2rgb`` (ComfyUI's default is none), so both KSampler and our samplers send
+    preview frames, as they do for a user who turned previews on; a 64×64 preview costs next to nothing.
+    """
     paths = {name: [comfy_models / name] for name in ("altdiffusion", "diffusion_models", "vae")}
-    with ComfyServer(ROOT, tmp_path_factory.mktemp("comfyui"), model_paths=paths) as server:
+    args = ("--preview-method", "latent2rgb")
+    with ComfyServer(ROOT, tmp_path_factory.mktemp("comfyui"), model_paths=paths, extra_args=args) as server:
         yield server

@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -502,15 +504,28 @@ def write_altdiffusion_folder(
     size: str = "tiny",
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    unet_size: str | None = None,
+    unet_file: Path | None = None,
 ) -> Path:
     """Write a random AltDiffusion diffusers folder laid out like the BAAI repo of `variant`; returns `dest`.
 
     `weights` is "safetensors" or "bin" (pickled plain dicts, old VAE attention key names). The same `seed` gives the
     same weights whatever `weights` and `dtype` say (before the cast to `dtype`).
+
+    `unet_size` ("tiny"/"full", default `size`) sizes the UNet alone: ``unet_size="full"`` with the tiny text encoder
+    (its output width is the real one) and tiny VAE gives a folder whose UNet ComfyUI's ``UNETLoader`` also recognises.
+    Its weights equal ``write_component_file(..., "unet", family=<the variant's>, seed=seed)`` (same seed, same init
+    order). `unet_file`, a file that ``write_component_file`` wrote with the same family and `unet_size`, is used as
+    the folder's UNet weights instead of building the UNet again (hard-linked, else copied; needs
+    ``weights="safetensors"``): the full UNet takes about a minute to build, so tests build it once for both.
     """
     spec = _lookup(VARIANTS, variant, "variant")
     _lookup(WEIGHT_FILES, weights, "weights")
     _lookup(TEXT_ENCODER_SIZES, size, "size")
+    unet_size = size if unet_size is None else unet_size
+    _lookup(TEXT_ENCODER_SIZES, unet_size, "unet_size")
+    if unet_file is not None and weights != "safetensors":
+        raise ValueError(f"unet_file is a .safetensors file; it can't stand in for weights={weights!r}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     _write_json(dest / "model_index.json", {**ALT_DIFFUSION_MODEL_INDEX, "_diffusers_version": spec.diffusers_version})
@@ -518,7 +533,10 @@ def write_altdiffusion_folder(
     _write_json(dest / "scheduler" / "scheduler_config.json", {**SCHEDULER_CONFIG, "_diffusers_version": spec.diffusers_version})
     write_tokenizer(dest / "tokenizer", model_max_length=spec.tokenizer_max_length)
     _write_roberta_text_encoder(dest / "text_encoder", variant, size, weights, seed, dtype)
-    _write_unet(dest / "unet", spec.unet_family, size, spec.diffusers_version, weights, seed, dtype)
+    if unet_file is None:
+        _write_unet(dest / "unet", spec.unet_family, unet_size, spec.diffusers_version, weights, seed, dtype)
+    else:
+        _link_unet(dest / "unet", spec.unet_family, unet_size, spec.diffusers_version, Path(unet_file))
     _write_vae(dest / "vae", size, spec.diffusers_version, weights, seed, dtype)
     return dest
 
@@ -609,6 +627,18 @@ def _write_unet(dest: Path, family: str, size: str, version: str, weights: str, 
         model = UNet2DConditionModel.from_config(config)
     _write_json(dest / "config.json", config)
     _save_state_dict(model.state_dict(), dest / WEIGHT_FILES[weights][1], weights, dtype)
+
+
+def _link_unet(dest: Path, family: str, size: str, version: str, unet_file: Path) -> None:
+    """unet/config.json for (family, size) and `unet_file` as its weights: a hard link where possible, else a copy."""
+    config = {**UNET_CONFIGS[family, size], "_diffusers_version": version}
+    _write_json(dest / "config.json", config)
+    target = dest / WEIGHT_FILES["safetensors"][1]
+    target.unlink(missing_ok=True)
+    try:
+        os.link(unet_file, target)
+    except OSError:
+        shutil.copyfile(unet_file, target)
 
 
 def _write_vae(dest: Path, size: str, version: str, weights: str, seed: int, dtype: torch.dtype) -> None:
