@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -19,13 +20,7 @@ from safetensors.torch import load
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-NODE_IDS = [
-    "AltDiffusionLoader",
-    "AltDiffusionTextEncode",
-    "AltDiffusionSampler",
-    "AltDiffusionVAEEncode",
-    "AltDiffusionVAEDecode",
-]
+NODE_IDS = list(sys.modules["comfyui_altdiffusion"].nodes.NODE_CLASS_MAPPINGS)  # every node the pack registers
 
 pytestmark = pytest.mark.comfyui
 
