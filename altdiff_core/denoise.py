@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_batch
 from .components import DiffusionModel
 from .convert import latent_to_model, model_to_latent
 from .errors import InvalidInputError
@@ -265,8 +266,7 @@ def sample_latent(
             f"AltDiffusion UNet needs [batch, {model.latent_channels}, height/8, width/8]. Use an SD1/SD2-family latent "
             "(EmptyLatentImage or the img2img-encode node)."
         )
-    if latent.shape[0] == 0:
-        raise InvalidInputError("latent batch is empty (0 images); give EmptyLatentImage a batch_size of at least 1.")
+    check_batch(latent, "latent")
     if steps < 1:
         raise InvalidInputError(f"steps is {steps}; give at least 1 sampling step.")
     if sampler_name not in SAMPLERS:

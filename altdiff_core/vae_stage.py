@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_batch, check_finite
 from .components import VAE
 from .convert import crop_to_multiple, image_to_pixels, pixels_to_image
 from .errors import InvalidInputError
-
-
-def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
-    """Refuse NaN/inf values: they would spread through every layer and come out as a black or garbage image."""
-    bad = int((~torch.isfinite(tensor)).sum())
-    if bad:
-        raise InvalidInputError(f"{what} holds {bad} NaN/inf values out of {tensor.numel()}; {fix}")
-
-
-def check_batch(tensor: torch.Tensor, what: str) -> None:
-    if tensor.shape[0] == 0:
-        raise InvalidInputError(f"{what} batch is empty (0 images); give the node that made it a batch size of at least 1.")
 
 
 def encode_image(vae: VAE, image: torch.Tensor) -> torch.Tensor:

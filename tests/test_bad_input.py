@@ -91,68 +91,49 @@ def _mark_ran():
     ExecutesOnLoad.ran = True
 
 
+def sample(core, m9, conditioning=None, latent=None, **overrides):
+    """``sample_latent`` on the tiny m9 with valid defaults; ``overrides`` replace one of them (the bad value)."""
+    if conditioning is None:
+        cond, _ = core.encode_prompt(m9.text_encoder, "")
+        conditioning = [[cond, {}]]
+    kwargs = dict(seed=0, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal") | overrides
+    latent = torch.zeros(1, 4, 8, 8) if latent is None else latent
+    return core.sample_latent(m9.model, conditioning, conditioning, latent, **kwargs)
+
+
 def test_wrong_width_conditioning(core, m9):
-    wide = [[torch.zeros(1, 77, 1024), {}]]
     with pytest.raises(core.InvalidInputError, match="1024 wide.*expects 768"):
-        core.sample_latent(
-            m9.model, wide, wide, torch.zeros(1, 4, 8, 8), seed=0, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal"
-        )
+        sample(core, m9, conditioning=[[torch.zeros(1, 77, 1024), {}]])
 
 
 def test_zero_steps(core, m9):
-    cond, _ = core.encode_prompt(m9.text_encoder, "")
     with pytest.raises(core.InvalidInputError, match="steps is 0"):
-        core.sample_latent(
-            m9.model,
-            [[cond, {}]],
-            [[cond, {}]],
-            torch.zeros(1, 4, 8, 8),
-            seed=0,
-            steps=0,
-            cfg=7.0,
-            sampler_name="euler",
-            scheduler="normal",
-        )
+        sample(core, m9, steps=0)
 
 
 def test_wrong_channel_latent(core, m9):
-    cond, _ = core.encode_prompt(m9.text_encoder, "")
     with pytest.raises(core.InvalidInputError, match=r"\(1, 16, 8, 8\).*\[batch, 4"):
-        core.sample_latent(
-            m9.model,
-            [[cond, {}]],
-            [[cond, {}]],
-            torch.zeros(1, 16, 8, 8),
-            seed=0,
-            steps=2,
-            cfg=7.0,
-            sampler_name="euler",
-            scheduler="normal",
-        )
+        sample(core, m9, latent=torch.zeros(1, 16, 8, 8))
     with pytest.raises(core.InvalidInputError, match="does not fit this VAE"):
         core.decode_latent(m9.vae, torch.zeros(1, 16, 8, 8))
 
 
+def test_zero_batch_latent_is_refused_by_the_sampler(core, m9):
+    with pytest.raises(core.InvalidInputError, match="latent batch is empty"):
+        sample(core, m9, latent=torch.zeros(0, 4, 8, 8))
+
+
 def test_unknown_sampler_and_scheduler(core, m9):
-    cond, _ = core.encode_prompt(m9.text_encoder, "")
-    kwargs = dict(seed=0, steps=2, cfg=7.0)
     with pytest.raises(core.InvalidInputError, match="unknown sampler 'nope'"):
-        core.sample_latent(
-            m9.model, [[cond, {}]], [[cond, {}]], torch.zeros(1, 4, 8, 8), sampler_name="nope", scheduler="normal", **kwargs
-        )
+        sample(core, m9, sampler_name="nope")
     with pytest.raises(core.AltDiffusionError, match="nope"):
-        core.sample_latent(
-            m9.model, [[cond, {}]], [[cond, {}]], torch.zeros(1, 4, 8, 8), sampler_name="euler", scheduler="nope", **kwargs
-        )
+        sample(core, m9, scheduler="nope")
 
 
 def test_unsupported_conditioning_option_is_refused(core, m9):
     cond, _ = core.encode_prompt(m9.text_encoder, "")
-    area = [[cond, {"area": (8, 8, 0, 0)}]]
     with pytest.raises(core.InvalidInputError, match="ConditioningSetArea.*KSampler"):
-        core.sample_latent(
-            m9.model, area, area, torch.zeros(1, 4, 8, 8), seed=0, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal"
-        )
+        sample(core, m9, conditioning=[[cond, {"area": (8, 8, 0, 0)}]])
 
 
 def test_image_too_small_for_one_latent_cell(core, m9):
@@ -343,29 +324,9 @@ def test_loaded_model_no_longer_depends_on_its_file(core, m9_folder, tmp_path):
     shutil.copytree(m9_folder, folder)
     loaded = core.load_folder(folder)
     cond, _ = core.encode_prompt(loaded.text_encoder, "a cat")
-    before = core.sample_latent(
-        loaded.model,
-        [[cond, {}]],
-        [[cond, {}]],
-        torch.zeros(1, 4, 8, 8),
-        seed=1,
-        steps=2,
-        cfg=5.0,
-        sampler_name="euler",
-        scheduler="normal",
-    )
+    before = sample(core, loaded, conditioning=[[cond, {}]], seed=1, cfg=5.0)
     for weights in folder.rglob("*.safetensors"):
         weights.write_bytes(b"")
-    after = core.sample_latent(
-        loaded.model,
-        [[cond, {}]],
-        [[cond, {}]],
-        torch.zeros(1, 4, 8, 8),
-        seed=1,
-        steps=2,
-        cfg=5.0,
-        sampler_name="euler",
-        scheduler="normal",
-    )
+    after = sample(core, loaded, conditioning=[[cond, {}]], seed=1, cfg=5.0)
     assert torch.equal(before, after)
     assert torch.equal(core.encode_prompt(loaded.text_encoder, "a cat")[0], cond)
