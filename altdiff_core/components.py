@@ -35,6 +35,8 @@ class TextEncoder:
     source: Path
     layer: int | None = None
     """XLM-R hidden layer feeding the head (-1 = last); None = the variant's trained choice (m2/m9 -1, m18 -2)."""
+    handle: object | None = field(default=None, repr=False)
+    """The host's memory-manager handle for ``module`` (ComfyUI's ModelPatcher); set and read only by the host."""
 
     @property
     def context_dim(self) -> int:
@@ -53,6 +55,8 @@ class DiffusionModel:
     source: Path
     latent_scale: float = 0.18215
     """Raw VAE latent × this = what the UNet was trained on (the SD VAE's scaling factor)."""
+    handle: object | None = field(default=None, repr=False)
+    """The host's memory-manager handle for ``unet`` (ComfyUI's ModelPatcher); set and read only by the host."""
 
     @property
     def context_dim(self) -> int:
@@ -72,6 +76,8 @@ class VAE:
     device: torch.device
     dtype: torch.dtype
     source: Path
+    handle: object | None = field(default=None, repr=False)
+    """The host's memory-manager handle for ``module`` (ComfyUI's ModelPatcher); set and read only by the host."""
 
     @property
     def downscale(self) -> int:

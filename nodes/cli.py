@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..altdiff_core import SAMPLERS, SCHEDULERS, AltDiffusionError, InvalidInputError, ModelNotFoundError
-from ..altdiff_core.hub import HUB_MODELS, download, looks_like_hub_id
+from ..altdiff_core import SAMPLERS, SCHEDULERS, AltDiffusionError, InvalidInputError, ModelNotFoundError, hub
 from . import comfy_seam
 from .loader import DTYPE_CHOICES, AltDiffusionLoader
 from .sampler import AltDiffusionSampler
@@ -26,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="BAAI/AltDiffusion-m9",
-        help=f"a diffusers folder, a single-file .safetensors/.ckpt, or a Hub id ({', '.join(HUB_MODELS)})",
+        help=f"a diffusers folder, a single-file .safetensors/.ckpt, or a Hub id ({', '.join(hub.HUB_MODELS)})",
     )
     p.add_argument("--prompt", required=True, help="the prompt, in any of the model's languages")
     p.add_argument("--negative", default="", help="negative prompt")
@@ -45,12 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_model_argument(model: str) -> Path:
-    """A local folder as it is; a Hub id downloaded (once) into the models folder."""
+    """A local folder as it is; a Hub id as its folder in the models folder, downloaded there first when missing."""
     path = Path(model).expanduser()
     if path.exists():
         return path
-    if looks_like_hub_id(model):
-        return download(model, comfy_seam.hub_download_dir())
+    if hub.looks_like_hub_id(model):
+        return hub.resolve(model, comfy_seam.model_roots(), comfy_seam.hub_download_dir(), comfy_seam.download_progress)
     raise ModelNotFoundError(f"--model {model!r} is neither an existing folder nor a Hub id like BAAI/AltDiffusion-m9.")
 
 

@@ -9,14 +9,28 @@ from pathlib import Path
 
 import torch
 
-from ..altdiff_core import DTYPES, ModelNotFoundError, is_altdiffusion_checkpoint, is_altdiffusion_folder, load_model
+from ..altdiff_core import (
+    DTYPES,
+    AltDiffusionError,
+    ModelNotFoundError,
+    hub,
+    is_altdiffusion_checkpoint,
+    is_altdiffusion_folder,
+    load_model,
+)
+from ..altdiff_core.components import LoadedModel
 from ..altdiff_core.single_file import CHECKPOINT_SUFFIXES, tokenizer_folders
 from . import comfy_seam, sockets
+from .model_cache import ModelCache, disk_signature
 
 logger = logging.getLogger(__name__)
 
 DTYPE_CHOICES = ["auto", *DTYPES]
 VAE_DTYPE_CHOICES = ["auto", *DTYPES]
+
+MODEL_CACHE: ModelCache[LoadedModel] = ModelCache(capacity=1)
+"""The last loaded model, process-wide: a second Loader node or a later workflow naming the same unchanged files gets
+the same modules (and ComfyUI the same ModelPatchers) instead of a second copy read from disk."""
 
 VAE_AUTO_DTYPES = {torch.float32: torch.float32, torch.bfloat16: torch.bfloat16, torch.float16: None}
 """Model dtype → VAE dtype for vae_dtype 'auto'; None = bf16 where the device computes it fast, else fp32.
@@ -51,14 +65,21 @@ def _checkpoints() -> Iterator[str]:
 
 def list_models() -> list[str]:
     """Names (relative paths with '/') of the AltDiffusion folders under the model roots, then of the AltDiffusion
-    single-file checkpoints under the checkpoint roots; first root wins."""
-    return list(dict.fromkeys([*_folders(), *_checkpoints()]))
+    single-file checkpoints under the checkpoint roots (first root wins), then the Hub ids (``hub.HUB_MODELS``), offered
+    always: a workflow naming one runs on any machine, which downloads the model once."""
+    return list(dict.fromkeys([*_folders(), *_checkpoints(), *hub.HUB_MODELS]))
 
 
-def resolve_model(name: str) -> Path:
-    """The folder or checkpoint file of a listed model name; names that leave the model folders are refused."""
+def resolve_model(name: str, *, download: bool = True) -> Path:
+    """The folder or checkpoint file of a listed model name; names that leave the model folders are refused.
+
+    A Hub id (``hub.HUB_MODELS``) means the folder ``<model root>/<name>`` (``models/diffusers/AltDiffusion-m9``) when it
+    has a model_index.json; else, with ``download``, the model is first downloaded there (``hub.download``, into
+    ``comfy_seam.hub_download_dir()``, with a progress bar); without, ModelNotFoundError (no network).
+    """
     relative = Path(name)
-    if name and not (relative.is_absolute() or relative.drive or ".." in relative.parts):
+    safe = bool(name) and not (relative.is_absolute() or relative.drive or ".." in relative.parts)
+    if safe:
         for root in comfy_seam.model_roots():
             if (root / relative / "model_index.json").is_file():
                 return (root / relative).resolve()
@@ -66,17 +87,50 @@ def resolve_model(name: str) -> Path:
             if relative.suffix in CHECKPOINT_SUFFIXES and (root / relative).is_file():
                 return (root / relative).resolve()
     roots = ", ".join(str(r) for r in dict.fromkeys(comfy_seam.model_roots() + comfy_seam.checkpoint_roots()))
+    if safe and name in hub.HUB_MODELS:
+        if download:
+            found = hub.resolve(name, comfy_seam.model_roots(), comfy_seam.hub_download_dir(), comfy_seam.download_progress)
+            return found.resolve()
+        found = hub.find_local(name, [*comfy_seam.model_roots(), comfy_seam.hub_download_dir()])
+        if found is not None:
+            return found.resolve()
+        raise ModelNotFoundError(
+            f"model {name!r} is not downloaded yet (no {hub.local_folder_for(name, comfy_seam.hub_download_dir())})."
+        )
+    if safe and len(relative.parts) == 2 and relative.suffix not in CHECKPOINT_SUFFIXES:  # owner/name: a Hub id?
+        raise ModelNotFoundError(hub.unknown_id_message(name, roots))
     raise ModelNotFoundError(
         f"model {name!r} is not an AltDiffusion folder under the model folders nor a checkpoint file in them ({roots}). "
         "Put the model's diffusers folder (with model_index.json) or its .safetensors file there and refresh the node list."
     )
 
 
+def local_model(name: str) -> Path | None:
+    """The folder or file a model name means on this machine now, or None; never downloads, never raises."""
+    try:
+        return resolve_model(name, download=False)
+    except AltDiffusionError:
+        return None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with bf16 matrix instructions (AVX512-BF16: AMD Zen 4+, Intel Cooper Lake+; AMX: Sapphire Rapids+),
+    where torch's bf16 matrix multiply runs 2–4× faster than fp32. Elsewhere bf16 is emulated and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but stable since torch 2.1
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """'auto' = fp16 on CUDA, fp32 elsewhere (the CPU's fp16 is slow and bf16 drifts; see the README)."""
-    if choice == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return DTYPES[choice]
+    """'auto' = the fastest numerically safe dtype on ``device``: fp16 on CUDA (as ComfyUI runs SD1 there), bf16 on a
+    CPU with bf16 instructions (fp32's range, so nothing overflows; the image drifts by about 1/40 at most, see the
+    README), fp32 on other CPUs (their fp16 and bf16 are emulated, slower than fp32)."""
+    if choice != "auto":
+        return DTYPES[choice]
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
 
 
 def resolve_vae_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -118,12 +172,19 @@ class AltDiffusionLoader:
                         "models/altdiffusion, or a single-file checkpoint (.safetensors) under models/checkpoints or "
                         "models/altdiffusion. A single file carries no tokenizer: put the model's tokenizer folder "
                         "(sentencepiece.bpe.model) next to it as <file name>/tokenizer/, unless an AltDiffusion "
-                        "diffusers folder is installed too."
+                        "diffusers folder is installed too. Or a Hub id (BAAI/AltDiffusion, BAAI/AltDiffusion-m9, "
+                        "BAAI/AltDiffusion-m18): the folder models/diffusers/<name> or models/altdiffusion/<name> when "
+                        "it exists, else downloaded once into models/diffusers/<name> (configs, tokenizer and weights, "
+                        "several GB; no safety checker)."
                     },
                 ),
                 "dtype": (
                     DTYPE_CHOICES,
-                    {"default": "auto", "tooltip": "Weight dtype. auto = fp16 on a CUDA GPU, fp32 elsewhere."},
+                    {
+                        "default": "auto",
+                        "tooltip": "Weight dtype. auto = fp16 on a CUDA GPU; bf16 on a CPU with bf16 instructions "
+                        "(AVX512-BF16 or AMX), about twice as fast as fp32 there; fp32 on other CPUs.",
+                    },
                 ),
             },
             "optional": {
@@ -142,6 +203,12 @@ class AltDiffusionLoader:
     def load(self, model_name: str, dtype: str, vae_dtype: str = "auto"):
         return self.load_path(resolve_model(model_name), dtype, vae_dtype)
 
+    @classmethod
+    def IS_CHANGED(cls, model_name: str, dtype: str = "auto", vae_dtype: str = "auto"):
+        """ComfyUI re-runs the loader (instead of serving its cached outputs) when the files on disk changed."""
+        path = local_model(model_name)
+        return disk_signature(path) if path is not None else model_name
+
     @staticmethod
     def load_path(path: Path, dtype: str = "auto", vae_dtype: str | None = None):
         """Load any AltDiffusion folder or checkpoint file (the command line's path; the node only offers listed names).
@@ -152,5 +219,13 @@ class AltDiffusionLoader:
         model_dtype = resolve_dtype(dtype, device)
         vae = resolve_vae_dtype(vae_dtype or ("auto" if dtype == "auto" else dtype), model_dtype, device)
         search = tokenizer_folders(dict.fromkeys(comfy_seam.model_roots() + comfy_seam.checkpoint_roots()))
-        loaded = load_model(path, device=device, dtype=model_dtype, vae_dtype=vae, tokenizer_folders=search)
+        path = Path(path).resolve()
+        key = (str(path), disk_signature(path), model_dtype, vae, str(device))
+
+        def load() -> LoadedModel:
+            loaded = load_model(path, device=comfy_seam.load_device(), dtype=model_dtype, vae_dtype=vae,
+                                tokenizer_folders=search)  # fmt: skip
+            return comfy_seam.manage(loaded)
+
+        loaded = MODEL_CACHE.get_or_load(key, load)
         return (loaded.model, loaded.text_encoder, loaded.vae, loaded.describe())

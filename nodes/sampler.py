@@ -41,6 +41,7 @@ def _common_inputs() -> dict:
 
 def _run(model, latent_image: dict, steps: int, **kwargs) -> tuple[dict]:
     """One engine call with progress/cancel/previews; the LATENT dict's other keys are kept."""
+    comfy_seam.use(model)
     out = sample_latent(
         model,
         latent=latent_image["samples"],

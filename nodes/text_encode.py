@@ -6,7 +6,7 @@ import dataclasses
 
 from ..altdiff_core import encode_prompt
 from ..altdiff_core.prompt_stage import check_layer
-from . import sockets
+from . import comfy_seam, sockets
 
 
 class AltDiffusionTextEncode:
@@ -40,6 +40,7 @@ class AltDiffusionTextEncode:
         }
 
     def encode(self, text: str, text_encoder):
+        comfy_seam.use(text_encoder)
         cond, pooled = encode_prompt(text_encoder, text)
         return ([[cond, {"pooled_output": pooled}]],)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..altdiff_core import decode_latent, encode_image
-from . import sockets
+from . import comfy_seam, sockets
 
 
 class AltDiffusionVAEEncode:
@@ -26,6 +26,7 @@ class AltDiffusionVAEEncode:
         }
 
     def encode(self, pixels, vae):
+        comfy_seam.use(vae)
         return ({"samples": encode_image(vae, pixels)},)
 
 
@@ -46,4 +47,5 @@ class AltDiffusionVAEDecode:
         }
 
     def decode(self, samples, vae):
+        comfy_seam.use(vae)
         return (decode_latent(vae, samples["samples"]),)

@@ -286,6 +286,52 @@ def test_setlatentnoisemask_keeps_unmasked_latent(comfy):
     assert change[:, :32].mean() < change[:, 32:].mean() / 2
 
 
+# ----------------------------------------------------------------------------------------------- memory manager
+
+
+def loads_logged(comfy, name: str) -> int:
+    """How many times the server log says the model ``name`` was read from disk (``loading.load_folder``'s line)."""
+    return sum(1 for line in comfy.log_text().splitlines() if f"from {name}" in line.replace("\\", "/") and "(loaded in" in line)
+
+
+def test_model_survives_another_models_graph_without_disk_reload(comfy, comfy_models):
+    """Ours, then a graph with only ComfyUI's own VAE model, then ours again: the second run of ours reads nothing from
+    disk, re-runs the loader node (ComfyUI dropped its cached outputs) and gives the same latent; our parts went
+    through ComfyUI's memory manager (its 'Requested to load' lines name our module classes)."""
+    name = (comfy_models / "altdiffusion" / "AltDiffusion-m18").resolve().as_posix()
+    graph = base_graph()
+    graph["L"] = loader("AltDiffusion-m18")
+    graph.update(
+        {
+            "S1": sampler(["E", 0], seed=11),
+            "SL": save_latent(["S1", 0], "mm"),
+            "D": {"class_type": "AltDiffusionVAEDecode", "inputs": {"samples": ["S1", 0], "vae": ["L", 2]}},
+            "I": save_image(["D", 0], "mm_ours"),
+        }
+    )
+    (first,) = latents_of(comfy, run_ok(comfy, graph), "SL")
+    loads = loads_logged(comfy, name)
+    assert loads >= 1
+
+    other = {
+        "E": empty_latent(),
+        "V": {"class_type": "VAELoader", "inputs": {"vae_name": "sd_vae.safetensors"}},
+        "D": {"class_type": "VAEDecode", "inputs": {"samples": ["E", 0], "vae": ["V", 0]}},
+        "I": save_image(["D", 0], "mm_other"),
+    }
+    run_ok(comfy, other)
+
+    again = run_ok(comfy, graph)
+    cached = {n for e in again.events if e["type"] == "execution_cached" for n in e["data"]["nodes"]}
+    assert "L" not in cached  # ComfyUI ran the loader node again: the model came from the pack's cache
+    assert loads_logged(comfy, name) == loads
+    (second,) = latents_of(comfy, again, "SL")
+    assert torch.equal(first, second)
+    log = comfy.log_text()
+    for module in ("AltDiffusionTextEncoder", "AltDiffusionUNet", "AltDiffusionVAE"):
+        assert f"Requested to load {module}" in log
+
+
 # ----------------------------------------------------------------------------------------------- progress and cancel
 
 

@@ -9,7 +9,14 @@ from factories import reference_components
 
 @pytest.fixture(scope="module")
 def parts(pack, m9_folder):
+    """Loaded as a user loads it ("auto": bf16 on a CPU with bf16 instructions): the edges must not depend on it."""
     return pack.nodes.loader.AltDiffusionLoader.load_path(m9_folder, "auto")
+
+
+@pytest.fixture(scope="module")
+def parts_fp32(pack, m9_folder):
+    """fp32, for comparisons with the fp32 diffusers reference."""
+    return pack.nodes.loader.AltDiffusionLoader.load_path(m9_folder, "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +42,27 @@ def test_empty_prompt_encodes_as_one_window(nodes, parts, pack):
     assert windows.input_ids[0, :3].tolist() == [0, 2, 1] and int(windows.attention_mask.sum()) == 2
 
 
-def test_auto_dtype_is_fp32_on_cpu(parts):
+def test_auto_dtype_is_the_fast_safe_one_for_this_cpu(pack, parts):
     model, text_encoder, vae, info = parts
-    assert model.dtype == text_encoder.dtype == vae.dtype == torch.float32
-    assert "m9" in info and "float32" in info and "cpu" in info
+    expected = torch.bfloat16 if pack.nodes.loader.cpu_has_fast_bf16() else torch.float32
+    assert model.dtype == text_encoder.dtype == vae.dtype == expected
+    assert "m9" in info and str(expected).removeprefix("torch.") in info and "cpu" in info
+
+
+@pytest.mark.parametrize(
+    ("device", "fast_bf16", "expected"),
+    [
+        ("cpu", True, torch.bfloat16),
+        ("cpu", False, torch.float32),
+        ("cuda", False, torch.float16),
+        ("mps", True, torch.float32),
+    ],
+)
+def test_auto_dtype_table(pack, monkeypatch, device, fast_bf16, expected):
+    loader = pack.nodes.loader
+    monkeypatch.setattr(loader, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert loader.resolve_dtype("auto", torch.device(device)) == expected
+    assert loader.resolve_dtype("fp32", torch.device(device)) == torch.float32
 
 
 def test_sampler_returns_raw_latent_and_keeps_other_keys(nodes, parts):
@@ -74,9 +98,9 @@ def test_noise_is_ksampler_noise(pack):
     assert torch.equal(per_index[0], draws[2]) and torch.equal(per_index[1], draws[0]) and torch.equal(per_index[2], draws[2])
 
 
-def test_vae_encode_is_raw_posterior_mode_and_decode_is_unscaled(nodes, parts, m9_folder):
+def test_vae_encode_is_raw_posterior_mode_and_decode_is_unscaled(nodes, parts_fp32, m9_folder):
     """IMAGE → LATENT is the unscaled posterior mode; LATENT → IMAGE decodes ``samples`` directly (no 0.18215)."""
-    _, _, vae, _ = parts
+    _, _, vae, _ = parts_fp32
     ref = reference_components(m9_folder)
     image = torch.rand(1, 64, 48, 3, generator=torch.manual_seed(0))
     (latent,) = nodes.vae.AltDiffusionVAEEncode().encode(image, vae)

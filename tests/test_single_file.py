@@ -286,7 +286,7 @@ def test_loader_lists_altdiffusion_checkpoints_after_folders(pack, roots, m9_fol
 
 def test_loader_node_loads_a_checkpoint_with_info(pack, roots):
     node = pack.nodes.loader.AltDiffusionLoader()
-    model, text_encoder, vae, info = node.load("sub/alt-m9.safetensors", "auto", "auto")
+    model, text_encoder, vae, info = node.load("sub/alt-m9.safetensors", "fp32", "auto")
     assert "AltDiffusion-m9 (single file)" in info and "float32 on cpu" in info and "UNet" in info
     assert model.dtype == vae.dtype == torch.float32
 

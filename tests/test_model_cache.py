@@ -1,0 +1,112 @@
+"""The loader's model cache: the same unchanged files give the same loaded modules; changed files are read again;
+a failed load leaves nothing behind; at most ``capacity`` models are held."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+@pytest.fixture
+def cache_module(pack):
+    return pack.nodes.model_cache
+
+
+@pytest.fixture
+def fresh_cache(pack, monkeypatch, cache_module):
+    """The loader's cache, empty for this test (and the one it replaced restored after)."""
+    cache = cache_module.ModelCache(capacity=1)
+    monkeypatch.setattr(pack.nodes.loader, "MODEL_CACHE", cache)
+    return cache
+
+
+def load(pack, path):
+    return pack.nodes.loader.AltDiffusionLoader.load_path(path, "fp32")
+
+
+def test_signature_changes_when_any_file_changes(cache_module, m9_folder, tmp_path):
+    folder = tmp_path / "m9"
+    shutil.copytree(m9_folder, folder)
+    before = cache_module.disk_signature(folder)
+    assert cache_module.disk_signature(folder) == before  # stable
+
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    stat = weights.stat()
+    weights.write_bytes(weights.read_bytes())  # same bytes, rewritten: a new mtime
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    rewritten = cache_module.disk_signature(folder)
+    assert rewritten != before
+
+    with weights.open("r+b") as f:
+        f.truncate(stat.st_size - 10)
+    assert cache_module.disk_signature(folder) not in {before, rewritten}
+
+    single = tmp_path / "model.safetensors"
+    single.write_bytes(b"x" * 10)
+    assert cache_module.disk_signature(single) != cache_module.disk_signature(folder)
+    with pytest.raises(FileNotFoundError):
+        cache_module.disk_signature(tmp_path / "missing")
+
+
+def test_same_files_same_modules_changed_files_reloaded(pack, fresh_cache, m9_folder, tmp_path):
+    folder = tmp_path / "m9"
+    shutil.copytree(m9_folder, folder)
+    first = load(pack, folder)
+    again = load(pack, folder)
+    assert all(a is b for a, b in zip(first[:3], again[:3], strict=True))
+    assert len(fresh_cache) == 1
+
+    unet_config = folder / "unet" / "config.json"
+    unet_config.write_text(unet_config.read_text())  # touched on disk: read again, never served stale
+    os.utime(unet_config, ns=(0, unet_config.stat().st_mtime_ns + 1_000_000))
+    reloaded = load(pack, folder)
+    assert reloaded[0] is not first[0]
+    assert len(fresh_cache) == 1  # the stale copy was dropped, not kept beside the new one
+
+
+def test_failed_load_is_not_cached_and_the_good_model_loads_after(pack, fresh_cache, m9_folder, tmp_path):
+    folder = tmp_path / "m9"
+    shutil.copytree(m9_folder, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(pack.altdiff_core.ModelFormatError, match="diffusion_pytorch_model.safetensors"):
+        load(pack, folder)
+    assert len(fresh_cache) == 0
+    weights.write_bytes(good)
+    assert load(pack, folder)[0].unet is not None
+    assert len(fresh_cache) == 1
+
+
+def test_capacity_bounds_the_models_held(cache_module):
+    cache = cache_module.ModelCache(capacity=2)
+    loads = []
+
+    def loader(value):
+        def load():
+            loads.append(value)
+            return value
+
+        return load
+
+    for key in ("a", "b", "a", "c", "b"):
+        cache.get_or_load(key, loader(key))
+    assert loads == ["a", "b", "c", "b"]  # "a" was used again before "c", so "b" went first
+    assert len(cache) == 2
+    with pytest.raises(ValueError, match="capacity"):
+        cache_module.ModelCache(capacity=-1)
+
+
+def test_is_changed_follows_the_files(pack, m9_folder, tmp_path, monkeypatch):
+    root = tmp_path / "models"
+    shutil.copytree(m9_folder, root / "m9")
+    monkeypatch.setattr(pack.nodes.comfy_seam, "model_roots", lambda: [root])
+    node = pack.nodes.loader.AltDiffusionLoader
+    before = node.IS_CHANGED("m9", "auto")
+    assert node.IS_CHANGED("m9", "auto") == before
+    config = root / "m9" / "vae" / "config.json"
+    os.utime(config, ns=(0, config.stat().st_mtime_ns + 1_000_000))
+    assert node.IS_CHANGED("m9", "auto") != before
+    assert node.IS_CHANGED("nowhere", "auto") == "nowhere"  # unresolvable: validation reports it, not IS_CHANGED
