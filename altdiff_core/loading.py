@@ -160,7 +160,7 @@ def build_unet(
     """The UNet from a diffusers ``unet/config.json`` dict and diffusers-named weights."""
     unet = build_empty(lambda: UNet2DConditionModel.from_config(config))
     load_into(unet, state_dict, source, dtype=dtype, device=device)
-    return DiffusionModel(unet, schedule, variant, torch.device(device), dtype, source)
+    return DiffusionModel(unet, schedule.to(device), variant, torch.device(device), dtype, source)
 
 
 def build_vae(

@@ -114,6 +114,8 @@ def use(part: TextEncoder | DiffusionModel | VAE, memory_required: int = 0) -> N
         logger.warning("%s was only partly loaded to %s; moving all of it there", type(module).__name__, target)
         module.to(target)
     part.device = target
+    if isinstance(part, DiffusionModel):
+        part.schedule = part.schedule.to(target)  # with the UNet, as ComfyUI's model_sampling (schedules.to)
 
 
 def model_roots() -> list[Path]:

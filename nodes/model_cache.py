@@ -22,15 +22,17 @@ T = TypeVar("T")
 
 
 def disk_signature(path: Path) -> str:
-    """A short hash of the (relative path, size, mtime) of ``path`` and, for a folder, every file under it.
+    """A short hash of the (relative path, size, mtime, ctime, inode) of ``path`` and, for a folder, every file in it.
 
-    Changes when any file is added, removed, replaced, truncated or rewritten (mtime in ns); costs one ``stat`` per file.
+    Changes when any file is added, removed, replaced, truncated or rewritten; costs one ``stat`` per file. The ctime
+    and inode catch a file overwritten with one of the same size whose old mtime was put back (``cp -p``,
+    ``touch -r``): the ctime can't be set back by a user.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
     """
     path = Path(path)
-    entries = [("", path.stat().st_size if path.is_file() else 0, path.stat().st_mtime_ns)]
+    entries = [("", *_stat_key(path.stat()))]
     if path.is_dir():
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
@@ -40,8 +42,12 @@ def disk_signature(path: Path) -> str:
                     stat = file.stat()
                 except FileNotFoundError:  # removed while we walk: the next call sees the new state
                     continue
-                entries.append((file.relative_to(path).as_posix(), stat.st_size, stat.st_mtime_ns))
+                entries.append((file.relative_to(path).as_posix(), *_stat_key(stat)))
     return hashlib.sha256(repr(entries).encode()).hexdigest()[:16]
+
+
+def _stat_key(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
 
 
 class ModelCache(Generic[T]):

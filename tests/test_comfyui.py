@@ -291,7 +291,7 @@ def test_setlatentnoisemask_keeps_unmasked_latent(comfy):
 
 def loads_logged(comfy, name: str) -> int:
     """How many times the server log says the model ``name`` was read from disk (``loading.load_folder``'s line)."""
-    return sum(1 for line in comfy.log_text().splitlines() if f"from {name}" in line.replace("\\", "/") and "(loaded in" in line)
+    return sum(1 for line in comfy.log_text().splitlines() if f"from {name}:" in line.replace("\\", "/") and "(loaded in" in line)
 
 
 def test_model_survives_another_models_graph_without_disk_reload(comfy, comfy_models):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -42,6 +43,16 @@ def test_signature_changes_when_any_file_changes(cache_module, m9_folder, tmp_pa
     with weights.open("r+b") as f:
         f.truncate(stat.st_size - 10)
     assert cache_module.disk_signature(folder) not in {before, rewritten}
+
+    truncated, truncated_stat = cache_module.disk_signature(folder), weights.stat()
+    time.sleep(0.05)  # past the filesystem's timestamp tick
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    with weights.open("r+b") as f:  # other bytes, same size, in place (same inode) …
+        f.write(data)
+    os.utime(weights, ns=(truncated_stat.st_atime_ns, truncated_stat.st_mtime_ns))  # … and the old mtime put back
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (truncated_stat.st_size, truncated_stat.st_mtime_ns)
+    assert cache_module.disk_signature(folder) != truncated  # the ctime moved, which no user can set back
 
     single = tmp_path / "model.safetensors"
     single.write_bytes(b"x" * 10)

@@ -267,6 +267,19 @@ def test_discrete_schedule_is_bit_identical(comfy_ref, schedule):
     assert torch.equal(schedule.sigma_max, comfy_ref["ms_sigmas"][-1])
 
 
+def test_schedule_travels_with_the_unet(schedule, m9_folder):
+    """Like ComfyUI's model_sampling buffers, the σ tables live on the UNet's device (KSampler's normal/sgm_uniform
+    interpolate there; on a GPU that rounds differently from the CPU — see ``DiscreteSchedule.to``)."""
+    assert schedule.to("cpu") is schedule
+    moved = schedule.to("meta")
+    assert moved.sigmas.device.type == moved.log_sigmas.device.type == "meta"
+    assert schedule.sigmas.device.type == "cpu" and moved.num_train_timesteps == schedule.num_train_timesteps
+    from altdiff_core import load_folder
+
+    model = load_folder(m9_folder).model
+    assert model.schedule.sigmas.device == next(model.unet.parameters()).device
+
+
 def test_alphas_cumprod_match_diffusers_scaled_linear(schedule):
     from diffusers import PNDMScheduler
 
