@@ -154,6 +154,7 @@ class ComfyServer:
         model_paths: extra model folders by ComfyUI folder name (``diffusers``, ``diffusion_models``, ``vae``,
             ``checkpoints``, ``altdiffusion``, …), written into the extra-model-paths yaml.
         extra_args: more command-line arguments for ``main.py``.
+        env: environment variables to set (or override) for the server process, e.g. ``{"OMP_NUM_THREADS": "1"}``.
     """
 
     def __init__(
@@ -162,11 +163,13 @@ class ComfyServer:
         work_dir: Path,
         model_paths: dict[str, list[Path]] | None = None,
         extra_args: tuple[str, ...] | list[str] = (),
+        env: dict[str, str] | None = None,
     ):
         self.pack_root = Path(pack_root).resolve()
         self.work_dir = Path(work_dir).resolve()
         self.model_paths = {k: [Path(p) for p in v] for k, v in (model_paths or {}).items()}
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         self.comfy_dir = self.work_dir / "comfyui"
         self.custom_nodes_dir = self.work_dir / "custom_nodes"
         self.input_dir = self.work_dir / "input"
@@ -246,7 +249,7 @@ class ComfyServer:
         t0 = time.monotonic()
         self.port = _free_port()
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             self._command(),
             cwd=self.comfy_dir,
@@ -298,9 +301,29 @@ class ComfyServer:
             atexit.unregister(self.stop)
             self._atexit_registered = False
 
+    def restart(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Stop the server and start a fresh process on the same work dir, models and arguments (a new port; the log
+        file is appended to, so ``log_text()`` spans both processes)."""
+        self.stop()
+        self.proc = None
+        self.start(timeout)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The process id of the running ``main.py`` (the server itself, not a wrapper)."""
+        if not self.running:
+            raise RuntimeError("the server is not running")
+        return self.proc.pid
+
+    def rss(self) -> int:
+        """Resident memory of the server process in bytes (psutil)."""
+        import psutil
+
+        return psutil.Process(self.pid).memory_info().rss
 
     def log_text(self) -> str:
         if self._log_file is not None:
