@@ -12,6 +12,7 @@ from .errors import (
     ModelFormatError,
     ModelNotFoundError,
     NotAltDiffusionError,
+    TooLargeForMemoryError,
 )
 from .loading import DTYPES, check_folder, is_altdiffusion_folder, load_folder
 from .prompt_stage import encode_prompt
@@ -35,6 +36,7 @@ __all__ = [
     "ModelFormatError",
     "ModelNotFoundError",
     "NotAltDiffusionError",
+    "TooLargeForMemoryError",
     "TextEncoder",
     "Variant",
     "check_folder",

@@ -29,7 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_batch
+from .checks import (
+    attention_is_fused,
+    check_batch,
+    check_finite,
+    check_memory,
+    check_tensor,
+    unet_top_attention,
+    unet_working_bytes,
+)
 from .components import DiffusionModel
 from .convert import latent_to_model, model_to_latent
 from .errors import InvalidInputError
@@ -89,10 +97,16 @@ def to_cond_entries(model: DiffusionModel, conditioning: Sequence, role: str) ->
         )
     entries = []
     for item in conditioning:
-        context, extras = item[0], (item[1] if len(item) > 1 else {})
-        if not isinstance(context, torch.Tensor) or context.ndim != 3:
+        pair = list(item) if isinstance(item, (list, tuple)) else []
+        context, extras = pair[0] if pair else item, pair[1] if len(pair) > 1 else {}
+        if not pair or not isinstance(context, torch.Tensor) or context.ndim != 3 or not isinstance(extras, dict):
             raise InvalidInputError(
-                f"{role} conditioning holds {type(context).__name__}, not a [batch, tokens, width] tensor."
+                f"{role} conditioning holds {type(item).__name__} {_short(item)}, not a pair [[batch, tokens, width] "
+                "tensor, dict]; connect a text-encode node's output."
+            )
+        if context.shape[0] == 0 or context.shape[1] == 0:
+            raise InvalidInputError(
+                f"{role} conditioning is an empty tensor of shape {tuple(context.shape)}; connect a text-encode node's output."
             )
         if context.shape[-1] != model.context_dim:
             raise InvalidInputError(
@@ -106,15 +120,48 @@ def to_cond_entries(model: DiffusionModel, conditioning: Sequence, role: str) ->
                     f"{role} conditioning carries {what} ('{key}'), which the AltDiffusion sampler does not apply; "
                     "remove that node, or sample with ComfyUI's KSampler (AltDiffusion UNet loaded by UNETLoader)."
                 )
+        check_finite(
+            context,
+            f"{role} conditioning",
+            "the text encoder's weights contain NaN/inf or its fp16 arithmetic overflowed; load the model with dtype "
+            "fp32 (or bf16), or download its text encoder again.",
+        )
         entries.append(
             CondEntry(
                 context=context,
-                strength=float(extras.get("strength", 1.0)),
-                sigma_start=percent_to_sigma(model, float(extras.get("start_percent", 0.0))),
-                sigma_end=percent_to_sigma(model, float(extras.get("end_percent", 1.0))),
+                strength=_number(extras, "strength", 1.0, role),
+                sigma_start=percent_to_sigma(model, _number(extras, "start_percent", 0.0, role)),
+                sigma_end=percent_to_sigma(model, _number(extras, "end_percent", 1.0, role)),
             )
         )
     return entries
+
+
+def _short(value: object) -> str:
+    """A conditioning entry in a message: tensors by shape, anything else cut to 60 characters."""
+    if isinstance(value, torch.Tensor):
+        return f"of shape {tuple(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short(v) for v in value[:3]) + (", …]" if len(value) > 3 else "]")
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
+def _number(extras: dict, key: str, default: float, role: str) -> float:
+    """A finite number from a conditioning entry's options (``strength``, ``start_percent``, ``end_percent``)."""
+    value = extras.get(key)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise InvalidInputError(
+            f"{role} conditioning's {key!r} is {value!r}, not a finite number; set it again in the node that added it "
+            f"(default {default})."
+        )
+    return number
 
 
 def prepare_noise(latent: torch.Tensor, seed: int, batch_index: Sequence[int] | None = None) -> torch.Tensor:
@@ -243,7 +290,7 @@ def sample_latent(
     Args:
         positive, negative: CONDITIONING lists ``[[tensor [1,T,dim], dict], …]``.
         latent: the starting raw latent (zeros for txt2img).
-        seed: noise seed (any 64-bit value), drawn on the CPU as KSampler draws it; the stochastic samplers'
+        seed: noise seed (0 … 2⁶⁴−1, KSampler's range), drawn on the CPU as KSampler draws it; the stochastic samplers'
             extra noise comes from it too.
         steps, cfg, sampler_name, scheduler, denoise: as KSampler's inputs; denoise < 1 keeps the last
             ``steps`` of ``int(steps / denoise)`` (img2img).
@@ -259,7 +306,17 @@ def sample_latent(
             denoised (``return_with_leftover_noise = disable``); False returns it with the leftover noise.
 
     A schedule with no step left (``denoise`` 0, ``start_at_step`` past the end) returns the latent unchanged.
+
+    Raises:
+        InvalidInputError: a value out of range, naming it and the fix: a latent of the wrong shape, with an empty
+            batch or a 0 height/width, or holding NaN/inf; a malformed or NaN noise mask, batch_index, conditioning
+            or sigmas; a seed outside 0 … 2⁶⁴−1; a non-finite cfg; a schedule longer than ``MAX_SCHEDULE_STEPS``
+            (a tiny denoise); and, after any step, a NaN/inf result (the model's weights hold NaN/inf or its dtype
+            overflowed).
+        TooLargeForMemoryError: the latent's size and batch need more working memory than the device has
+            (``checks.unet_working_bytes``); refused before anything is allocated.
     """
+    latent = check_tensor(latent, "latent", "a [batch, 4, height/8, width/8] tensor", "connect a LATENT output.")
     if latent.ndim != 4 or latent.shape[1] != model.latent_channels:
         raise InvalidInputError(
             f"latent of shape {tuple(latent.shape)} has {latent.shape[1] if latent.ndim > 1 else '?'} channels; this "
@@ -267,14 +324,29 @@ def sample_latent(
             "(EmptyLatentImage or the img2img-encode node)."
         )
     check_batch(latent, "latent")
-    if steps < 1:
-        raise InvalidInputError(f"steps is {steps}; give at least 1 sampling step.")
+    _check_area(latent)
+    _check_group_norm(model, latent)
+    _check_scalars(seed, steps, cfg)
     if sampler_name not in SAMPLERS:
         raise InvalidInputError(f"unknown sampler {sampler_name!r}; choose one of: {', '.join(SAMPLERS)}.")
+    _check_memory(model, latent, cfg)
+    check_finite(
+        latent,
+        "latent",
+        "it came from a node that diverged or was edited; re-encode the image or start from an EmptyLatentImage.",
+    )
+    if noise_mask is not None:
+        noise_mask = _checked_mask(noise_mask)
+    if batch_index is not None:
+        _check_batch_index(batch_index, latent.shape[0])
+    if sigmas is not None:
+        sigmas = check_tensor(sigmas, "sigmas", "a 1-D tensor of noise levels", "connect a SIGMAS output.")
+        check_finite(sigmas, "sigmas", "give a schedule of finite noise levels (a scheduler node's output).")
     pos = to_cond_entries(model, positive, "positive")
     neg = to_cond_entries(model, negative, "negative")
     latent = latent.float().cpu()
     if sigmas is None:
+        _check_schedule_length(steps, denoise)
         try:
             sigmas = advanced_sigmas(
                 model.schedule,
@@ -303,7 +375,141 @@ def sample_latent(
         mask = prepare_mask(noise_mask, latent.shape).to(device)
         pin_noise = noise_d
         if SAMPLERS[sampler_name].random_inpaint_noise:  # ComfyUI's ddim: fresh noise from seed + 1
-            pin_noise = torch.randn(latent.shape, generator=torch.manual_seed(seed + 1), device="cpu").to(device)
+            # (wrapped past 2⁶⁴−1, where ComfyUI's torch.manual_seed(seed + 1) raises an overflow error)
+            pin_noise = torch.randn(latent.shape, generator=torch.manual_seed((seed + 1) % 2**64), device="cpu").to(device)
         denoiser = MaskedDenoiser(denoiser, mask, scaled_d, pin_noise)
-    out = run_sampler(sampler_name, denoiser, x, sigmas, seed=seed, schedule=model.schedule, callback=callback)
-    return model_to_latent(out.float(), model.latent_scale).cpu()
+    failure = _failure_message(model, latent)
+    out = run_sampler(
+        sampler_name, denoiser, x, sigmas, seed=seed, schedule=model.schedule, callback=_finite_steps(callback, failure)
+    )
+    out = model_to_latent(out.float(), model.latent_scale).cpu()
+    check_finite(out, "the sampled latent", failure(None, None))
+    return out
+
+
+SEED_RANGE = (0, 2**64 - 1)
+"""Seeds KSampler accepts (its widget's range; ``torch.manual_seed`` refuses larger ones)."""
+
+
+def _check_scalars(seed: int, steps: int, cfg: float) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise InvalidInputError(
+            f"seed is {seed!r}; give a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} (KSampler's range)."
+        )
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise InvalidInputError(f"steps is {steps!r}; give at least 1 sampling step.")
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float, np.number)) or not math.isfinite(cfg):
+        raise InvalidInputError(f"cfg is {cfg!r}; give a finite guidance scale (7–8 is usual, 1 turns guidance off).")
+
+
+MAX_SCHEDULE_STEPS = 100_000
+"""Longest σ schedule computed: img2img computes ``int(steps / denoise)`` σs and keeps the last ``steps + 1``, so
+a tiny denoise (1e-9 from an API call) would otherwise mean billions of σs and a server that hangs (ComfyUI's
+KSampler does); a 1000-step model has nothing to gain past this."""
+
+
+def _check_schedule_length(steps: int, denoise: float) -> None:
+    if isinstance(denoise, bool) or not isinstance(denoise, (int, float, np.number)) or not math.isfinite(denoise):
+        return  # schedules.advanced_sigmas names a non-numeric denoise
+    if steps > MAX_SCHEDULE_STEPS:
+        raise InvalidInputError(f"steps is {steps}; give at most {MAX_SCHEDULE_STEPS} (20 to 30 is usual).")
+    length = steps / denoise if 0.0 < denoise <= 0.9999 else steps
+    if length > MAX_SCHEDULE_STEPS:
+        raise InvalidInputError(
+            f"steps {steps} with denoise {denoise:.3g} means a schedule of {length:.3g} steps; keep steps / denoise "
+            f"at most {MAX_SCHEDULE_STEPS} (denoise ≥ {steps / MAX_SCHEDULE_STEPS:.3g} here), or set denoise to 0 to "
+            "return the latent unchanged."
+        )
+
+
+def _check_area(latent: torch.Tensor) -> None:
+    """A latent with no pixels (0 height or width) has nothing to denoise and no UNet can take it."""
+    if latent.shape[2] == 0 or latent.shape[3] == 0:
+        raise InvalidInputError(
+            f"latent of shape {tuple(latent.shape)} is {latent.shape[2]}×{latent.shape[3]}: it holds no pixels; "
+            "give EmptyLatentImage a width and height of at least 8 (one latent pixel is 8×8 image pixels)."
+        )
+
+
+def _check_group_norm(model: DiffusionModel, latent: torch.Tensor) -> None:
+    """Each UNet level normalises groups of ``batch × channels/groups × h × w`` values, and torch refuses a group of
+    one (a raw ValueError). Only a 1×1 latent alone in its batch, on a UNet with one channel per group, gets there:
+    never the real SD UNets (10+ channels per group), but narrow ones can."""
+    config = model.unet.config
+    groups = config.get("norm_num_groups") or 0
+    widths = list(config["block_out_channels"])
+    batch, _, h, w = latent.shape
+    for level, width in enumerate(widths):
+        narrowest = min(width, widths[max(level - 1, 0)])  # a level's first resnet normalises the previous width
+        if groups and batch * (narrowest // groups) * math.ceil(h / 2**level) * math.ceil(w / 2**level) <= 1:
+            raise InvalidInputError(
+                f"latent of {h}×{w} is too small for this UNet (its group norms would see one value per group); "
+                "use at least 2×2 (EmptyLatentImage of 16×16 pixels) or a batch of 2."
+            )
+
+
+def _check_memory(model: DiffusionModel, latent: torch.Tensor, cfg: float) -> None:
+    """Refuse, before the noise is drawn, a latent whose UNet calls cannot fit the device (``checks``)."""
+    batch, _, h, w = latent.shape
+    rows = batch * (1 if math.isclose(cfg, 1.0) else 2)  # CFG runs cond and uncond in one UNet batch
+    attention = unet_top_attention(model.unet.config)
+    fused = attention is None or attention_is_fused(model.device, model.dtype, attention.head_dim)
+    need = unet_working_bytes(model.unet.config, rows, h, w, model.dtype, fused_attention=fused)
+    check_memory(
+        need,
+        model.device,
+        f"sampling {batch} latent(s) of {h}×{w} ({h * 8}×{w * 8} pixels) with this UNet in "
+        f"{str(model.dtype).removeprefix('torch.')}",
+        "use a smaller width/height or batch size (upscale afterwards instead), or load the model in fp16/bf16.",
+    )
+
+
+def _checked_mask(mask: object) -> torch.Tensor:
+    """A noise mask (MASK ``[B?,H,W]``, 1 = resample) that ``prepare_mask`` can resize: at least 2-D, not empty, finite."""
+    mask = check_tensor(mask, "noise_mask", "a MASK tensor [batch, height, width]", "connect a MASK output.")
+    if mask.ndim < 2 or mask.ndim > 4 or mask.numel() == 0:
+        raise InvalidInputError(
+            f"noise_mask of shape {tuple(mask.shape)} is not a MASK [batch, height, width] with pixels; connect a MASK "
+            "from a LoadImage, a mask editor or SetLatentNoiseMask."
+        )
+    check_finite(mask, "noise_mask", "give a mask of values from 0 (keep) to 1 (resample).")
+    return mask
+
+
+def _check_batch_index(batch_index: Sequence[int], batch: int) -> None:
+    """LATENT ``batch_index``: one non-negative whole number per image (ComfyUI's batch nodes write it)."""
+    ok = isinstance(batch_index, (list, tuple, np.ndarray)) and len(batch_index) == batch
+    if not ok or not all(isinstance(i, (int, np.integer)) and i >= 0 for i in list(batch_index)):
+        raise InvalidInputError(
+            f"the latent's batch_index {batch_index!r} is not one index ≥ 0 per image of its batch of {batch}; remove "
+            "the key, or rebuild the latent with ComfyUI's batch nodes (Latent From Batch, Repeat Latent Batch)."
+        )
+
+
+def _failure_message(model: DiffusionModel, latent: torch.Tensor) -> Callable[[int | None, int | None], str]:
+    """The fix to show when the sampler's result turns NaN/inf at ``step`` of ``total`` (None: in the end)."""
+    dtype = str(model.dtype).removeprefix("torch.")
+
+    def message(step: int | None, total: int | None) -> str:
+        where = f" at step {step + 1} of {total}" if step is not None else ""
+        largest = float(latent.abs().max())
+        return (
+            f"the UNet's output turned NaN/inf{where}: its weights contain NaN/inf, its {dtype} arithmetic overflowed, "
+            f"or the input latent's values are extreme (largest magnitude {largest:.3g}; a VAE's latents stay within "
+            "about ±60). Load the model with dtype fp32 (or bf16), check the input latent, or download the weights again."
+        )
+
+    return message
+
+
+def _finite_steps(callback: StepCallback | None, failure: Callable[[int | None, int | None], str]) -> StepCallback:
+    """``callback`` preceded by a check of each step's denoised estimate, so a model that produces NaN stops at the
+    first step with a message instead of running every step to a black image (a reduction over the latent: cheap)."""
+
+    def checked(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        if not bool(torch.isfinite(denoised).all()):
+            raise InvalidInputError(failure(step, total))
+        if callback is not None:
+            callback(step, total, x, denoised)
+
+    return checked

@@ -23,3 +23,8 @@ class ModelFormatError(AltDiffusionError):
 
 class InvalidInputError(AltDiffusionError, ValueError):
     """A value given to a node or engine function is out of range or does not fit the model."""
+
+
+class TooLargeForMemoryError(InvalidInputError):
+    """A requested size (image, latent, batch) needs more working memory than the device has: refused before
+    anything is allocated, so the server never runs out of memory trying."""

@@ -25,6 +25,9 @@ from .errors import ModelFormatError
 HEADER_LIMIT = 100 * 2**20
 """Largest header accepted (real ones are well under 1 MB; the format's own limit is 100 MB)."""
 
+MAX_DIMS = 64
+"""Most dimensions a tensor may declare (weights have at most 5; torch's own kernels stop at 25–64)."""
+
 DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -53,12 +56,23 @@ def _bad(path: Path, what: str) -> ModelFormatError:
     return ModelFormatError(f"weight file {path} is damaged or truncated ({what}). Download it again.")
 
 
+def _short(value: object, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a hostile header's names and entries can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_header(path: Path) -> dict[str, TensorEntry]:
     """The tensors a ``.safetensors`` file declares, validated against the file's size (nothing else is read).
 
     Raises:
-        ModelFormatError: a header that is too long, not JSON, or declares tensors beyond the file or of a size that
-            does not match their shape — naming the file.
+        ModelFormatError: a header that is too long, not JSON (or nested too deep to parse), or declares tensors with
+            an unknown dtype, a shape that is not a list of whole numbers up to the file's size, data beyond the file,
+            of a size that does not match their shape, or overlapping another tensor's — naming the file.
     """
     path = Path(path)
     try:
@@ -75,8 +89,8 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         raise ModelFormatError(f"cannot read weight file {path} ({err}).") from err
     try:
         header = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _bad(path, f"header is not JSON: {err}") from err
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, an over-long number; nesting
+        raise _bad(path, f"header is not JSON: {_short(str(err), 200)}") from err
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")
     data_start = 8 + length
@@ -85,24 +99,47 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         if name == "__metadata__":
             continue
         entries[name] = _entry(path, name, spec, data_start, size)
+    _check_overlaps(path, entries)
     return entries
 
 
 def _entry(path: Path, name: str, spec: object, data_start: int, size: int) -> TensorEntry:
-    try:
-        dtype = DTYPES[spec["dtype"]]
-        shape = tuple(int(d) for d in spec["shape"])
-        begin, end = (int(o) for o in spec["data_offsets"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise _bad(path, f"tensor {name!r} has an invalid header entry {spec!r}") from err
+    """One header entry checked field by field: JSON gives any type anywhere (floats, bools, strings, nesting)."""
+    fields = spec if isinstance(spec, dict) else {}
+    dtype_name, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
+    if not isinstance(shape, list) or not isinstance(offsets, list) or not isinstance(dtype_name, str):
+        raise _bad(path, f"tensor {_short(name)} has an invalid header entry {_short(spec)}")
+    if dtype_name not in DTYPES:
+        raise _bad(
+            path,
+            f"tensor {_short(name)} has an invalid header entry: unknown dtype {_short(dtype_name)}, known: {', '.join(DTYPES)}",
+        )
+    if len(shape) > MAX_DIMS or not all(_whole(d) for d in shape):
+        raise _bad(path, f"tensor {_short(name)} has the shape {_short(shape)}, not a list of whole numbers")
     if any(d < 0 for d in shape):
-        raise _bad(path, f"tensor {name!r} has a negative dimension {shape}")
+        raise _bad(path, f"tensor {_short(name)} has a negative dimension {_short(shape)}")
+    if len(offsets) != 2 or not all(_whole(o) for o in offsets):
+        raise _bad(path, f"tensor {_short(name)} has the data_offsets {_short(offsets)}, not two whole numbers")
+    dtype, shape, (begin, end) = DTYPES[dtype_name], tuple(shape), offsets
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if begin < 0 or end - begin != nbytes:
-        raise _bad(path, f"tensor {name!r} of shape {shape} needs {nbytes} bytes, its offsets give {end - begin}")
+        raise _bad(path, f"tensor {_short(name)} of shape {_short(shape)} needs {nbytes} bytes, its offsets give {end - begin}")
     if data_start + end > size:
-        raise _bad(path, f"tensor {name!r} ends at byte {data_start + end}, the file has {size}")
+        raise _bad(path, f"tensor {_short(name)} ends at byte {data_start + end}, the file has {size}")
+    if any(d > size for d in shape):  # an empty tensor (a 0 in its shape) that torch could not even describe
+        raise _bad(path, f"tensor {_short(name)} has a dimension in {_short(shape)} larger than the file")
     return TensorEntry(dtype, shape, data_start + begin, data_start + end)
+
+
+def _check_overlaps(path: Path, entries: dict[str, TensorEntry]) -> None:
+    """No two tensors may share bytes (the format forbids it). Each tensor is read into its own buffer, so without
+    this a small file declaring many tensors over the same bytes would make the reader allocate many times its size."""
+    previous_name, previous_end = None, 0
+    for name, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin < previous_end and entry.end > entry.begin:
+            raise _bad(path, f"tensors {_short(previous_name)} and {_short(name)} overlap in the file")
+        if entry.end > previous_end:
+            previous_name, previous_end = name, entry.end
 
 
 def read_tensors(path: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, torch.Tensor]:

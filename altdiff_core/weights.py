@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -41,19 +42,38 @@ NON_PERSISTENT_BUFFERS: dict[str, Callable[[torch.Size], torch.Tensor]] = {
 """Buffer name → how to recompute it from its shape, for buffers that are never in a state dict."""
 
 
+def _unpickler_reason(err: Exception) -> str:
+    """The one informative line of a weights-only unpickling error (torch wraps it in advice to load unsafely)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = found.group(1) if found else (text.strip().splitlines() or [type(err).__name__])[0]
+    return reason.strip().split(". ", 1)[0][:200]
+
+
 def _read_pickle(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(err)
+        if not reason.startswith("Unsupported global"):
+            raise ModelFormatError(f"weight file {path} is damaged or truncated ({reason}). Download it again.") from err
         raise ModelFormatError(
             f"weight file {path} contains Python objects besides tensors; it is not unpickled, for safety "
-            f"({str(err).splitlines()[0]}). Use a .safetensors copy of the model instead."
+            f"({reason}). Use a .safetensors copy of the model instead."
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ModelFormatError(f"weight file {path} is damaged or truncated ({err}). Download it again.") from err
+    except MemoryError as err:
+        raise ModelFormatError(
+            f"weight file {path} declares more data than this machine's memory holds; it is damaged (download it "
+            "again) or too large to load here."
+        ) from err
+    except Exception as err:  # torch.load's parsers raise a dozen exception types on damaged bytes
+        # (IndexError, KeyError, struct.error, AssertionError, zipfile.BadZipFile, …: tests/test_hostile_inputs.py);
+        # to the user they all mean the same.
+        detail = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        raise ModelFormatError(f"weight file {path} is damaged or truncated ({detail}). Download it again.") from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
         raise ModelFormatError(f"weight file {path} does not hold a flat dict of tensors; it is not a model checkpoint.")
     return {key: tensor for key, tensor in data.items() if key.startswith(prefixes)}
 
@@ -106,10 +126,12 @@ def build_empty(factory: Callable[[], ModuleT]) -> ModuleT:
 
 
 def check_keys(module: nn.Module, state_dict: dict[str, torch.Tensor], source: Path) -> None:
-    """Every key of ``module`` must be in ``state_dict`` with the same shape, and no other key.
+    """Every key of ``module`` must be in ``state_dict`` with the same shape, and no other key; a floating-point
+    parameter must be stored as floating point (any precision: it is cast), not as integers or booleans.
 
     Raises:
-        ModelFormatError: keys missing, unexpected or of the wrong shape, naming ``source`` and a few of the keys.
+        ModelFormatError: keys missing, unexpected, of the wrong shape or of a non-float dtype, naming ``source`` and
+            a few of the keys.
     """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
@@ -125,6 +147,15 @@ def check_keys(module: nn.Module, state_dict: dict[str, torch.Tensor], source: P
         problems.append(
             f"{len(wrong_shape)} of the wrong shape (e.g. {k}: {tuple(state_dict[k].shape)} in the file, "
             f"{tuple(expected[k].shape)} in the config)"
+        )
+    wrong_dtype = [
+        k for k in expected if k in state_dict and expected[k].is_floating_point() and not state_dict[k].is_floating_point()
+    ]
+    if wrong_dtype:
+        k = wrong_dtype[0]
+        problems.append(
+            f"{len(wrong_dtype)} stored as integers or booleans instead of floats (e.g. {k}: "
+            f"{str(state_dict[k].dtype).removeprefix('torch.')})"
         )
     if problems:
         raise ModelFormatError(
