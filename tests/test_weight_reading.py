@@ -1,0 +1,59 @@
+"""How weights are read: the safetensors library's values, in one aligned buffer the process owns (a file changed
+after loading can't touch a loaded model), huge-page-backed when large."""
+
+from __future__ import annotations
+
+import mmap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@pytest.fixture
+def io(pack):
+    return pack.altdiff_core.safetensors_io
+
+
+@pytest.fixture
+def weight_file(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "big": torch.randn(1024, 1024, generator=g),  # 4 MiB: the huge-page path
+        "odd": torch.randn(3, 5, generator=g).half(),  # 30 bytes: the next tensor must still be aligned
+        "bf": torch.randn(7, generator=g).bfloat16(),
+        "ints": torch.arange(11, dtype=torch.int64),
+        "empty": torch.empty(0, 4),
+    }
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, str(path))
+    return path
+
+
+def test_values_alignment_and_one_shared_buffer(io, weight_file):
+    ours, reference = io.read_tensors(weight_file), load_file(str(weight_file))
+    assert ours.keys() == reference.keys()
+    for name, tensor in ours.items():
+        assert tensor.dtype == reference[name].dtype and torch.equal(tensor, reference[name]), name
+        assert tensor.data_ptr() % io.ALIGNMENT == 0, name
+    storages = {t.untyped_storage().data_ptr() for t in ours.values() if t.numel()}
+    assert len(storages) == 1
+
+
+def test_loaded_tensors_do_not_depend_on_the_file(io, weight_file):
+    tensors = io.read_tensors(weight_file)
+    expected = {name: t.clone() for name, t in tensors.items()}
+    data = weight_file.read_bytes()
+    with weight_file.open("r+b") as f:  # rewritten in place, then truncated: a memory-mapped tensor would now SIGBUS
+        f.write(bytes(len(data)))
+        f.truncate(16)
+    assert all(torch.equal(tensors[name], expected[name]) for name in tensors)
+
+
+def test_large_buffers_are_private_anonymous_memory(io):
+    small = io.fresh_buffer(100)
+    large = io.fresh_buffer(io.HUGE_PAGE_MIN)
+    large.fill_(7)
+    assert large.numel() == io.HUGE_PAGE_MIN and int(large[-1]) == 7 and small.numel() == 100
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        assert large.data_ptr() % mmap.PAGESIZE == 0  # an mmap of its own, not a slice of the allocator's heap
