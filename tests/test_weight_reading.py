@@ -1,9 +1,7 @@
 """How weights are read: the safetensors library's values, in one aligned buffer the process owns (a file changed
-after loading can't touch a loaded model), huge-page-backed when large."""
+after loading can't touch a loaded model)."""
 
 from __future__ import annotations
-
-import mmap
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ def io(pack):
 def weight_file(tmp_path):
     g = torch.Generator().manual_seed(0)
     tensors = {
-        "big": torch.randn(1024, 1024, generator=g),  # 4 MiB: the huge-page path
+        "big": torch.randn(1024, 1024, generator=g),
         "odd": torch.randn(3, 5, generator=g).half(),  # 30 bytes: the next tensor must still be aligned
         "bf": torch.randn(7, generator=g).bfloat16(),
         "ints": torch.arange(11, dtype=torch.int64),
@@ -48,12 +46,3 @@ def test_loaded_tensors_do_not_depend_on_the_file(io, weight_file):
         f.write(bytes(len(data)))
         f.truncate(16)
     assert all(torch.equal(tensors[name], expected[name]) for name in tensors)
-
-
-def test_large_buffers_are_private_anonymous_memory(io):
-    small = io.fresh_buffer(100)
-    large = io.fresh_buffer(io.HUGE_PAGE_MIN)
-    large.fill_(7)
-    assert large.numel() == io.HUGE_PAGE_MIN and int(large[-1]) == 7 and small.numel() == 100
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        assert large.data_ptr() % mmap.PAGESIZE == 0  # an mmap of its own, not a slice of the allocator's heap
