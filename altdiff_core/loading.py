@@ -109,10 +109,11 @@ def rename_legacy_vae_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return renamed
 
 
-def read_component(folder: Path, stems: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Path]:
-    """The weights of one component folder (``unet/``, …) as a memory-mapped state dict, and the file's path."""
+def read_component(folder: Path, stems: tuple[str, ...], cast: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], Path]:
+    """The weights of one component folder (``unet/``, …) as a state dict (``weights.read_state_dict``; floating-point
+    tensors already in ``cast`` where converting while reading is possible), and the file's path."""
     weight_file = find_weight_file(folder, stems)
-    return read_state_dict(weight_file), weight_file
+    return read_state_dict(weight_file, cast=cast), weight_file
 
 
 def build_text_encoder(
@@ -184,7 +185,7 @@ def load_text_encoder(folder: Path, *, device: torch.device, dtype: torch.dtype)
         )
     tokenizer = XLMRTokenizer.from_folder(tokenizer_dir)
     config_dict = read_json(folder / "text_encoder" / "config.json")
-    state_dict, weight_file = read_component(folder / "text_encoder", ("model", "pytorch_model"))
+    state_dict, weight_file = read_component(folder / "text_encoder", ("model", "pytorch_model"), dtype)
     return build_text_encoder(config_dict, state_dict, tokenizer, weight_file, device=device, dtype=dtype)
 
 
@@ -209,7 +210,7 @@ def load_unet(folder: Path, variant: Variant, *, device: torch.device, dtype: to
     folder = Path(folder)
     config = read_json(folder / "unet" / "config.json")
     schedule = schedule_from_config(folder / "scheduler" / "scheduler_config.json")
-    state_dict, weight_file = read_component(folder / "unet", ("diffusion_pytorch_model",))
+    state_dict, weight_file = read_component(folder / "unet", ("diffusion_pytorch_model",), dtype)
     return build_unet(config, state_dict, weight_file, schedule, variant, device=device, dtype=dtype)
 
 
@@ -217,7 +218,7 @@ def load_vae(folder: Path, *, device: torch.device, dtype: torch.dtype) -> VAE:
     """The VAE (``vae/``), accepting old attention key names."""
     folder = Path(folder)
     config = read_json(folder / "vae" / "config.json")
-    state_dict, weight_file = read_component(folder / "vae", ("diffusion_pytorch_model",))
+    state_dict, weight_file = read_component(folder / "vae", ("diffusion_pytorch_model",), dtype)
     return build_vae(config, state_dict, weight_file, device=device, dtype=dtype)
 
 

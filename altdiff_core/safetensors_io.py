@@ -142,31 +142,43 @@ def _check_overlaps(path: Path, entries: dict[str, TensorEntry]) -> None:
             previous_name, previous_end = name, entry.end
 
 
-def read_tensors(path: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, torch.Tensor]:
-    """The tensors whose names start with one of ``prefixes``, read in file order into one fresh CPU buffer that they
-    share and keep alive (see the module docstring): one allocation, each tensor 64-byte aligned.
+def read_tensors(path: Path, prefixes: tuple[str, ...] = ("",), cast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with one of ``prefixes``, in memory the process owns (see the module docstring).
+
+    Tensors kept as stored are read, in file order, into one fresh CPU buffer that they share and keep alive (one
+    allocation, each tensor 64-byte aligned). With ``cast``, floating-point tensors stored in another dtype are read
+    through one reused scratch buffer straight into a new tensor of ``cast``: no stored-dtype copy of the whole file is
+    ever held (an fp16 file loaded as fp32 never holds the fp16 copy beside the fp32 one).
 
     Raises:
         ModelFormatError: as ``read_header``, or the file ended early while reading (it changed under us).
     """
     path = Path(path)
     entries = {k: e for k, e in read_header(path).items() if k.startswith(prefixes)}
-    tensors = {}
     ordered = sorted(entries.items(), key=lambda item: item[1].begin)
-    places, total = [], 0
-    for _, entry in ordered:  # packed into one buffer, each tensor at a multiple of ALIGNMENT
-        places.append(total)
-        total += -(-(entry.end - entry.begin) // ALIGNMENT) * ALIGNMENT
+
+    def converted(entry: TensorEntry) -> bool:
+        return cast is not None and entry.dtype.is_floating_point and entry.dtype != cast
+
+    places, total = {}, 0
+    for name, entry in ordered:  # packed into one buffer, each tensor at a multiple of ALIGNMENT
+        if not converted(entry):
+            places[name] = total
+            total += -(-(entry.end - entry.begin) // ALIGNMENT) * ALIGNMENT
     arena = fresh_buffer(total)
+    scratch = fresh_buffer(max((e.end - e.begin for _, e in ordered if converted(e)), default=0))
+    tensors = {}
     try:
         with path.open("rb", buffering=0) as f:
-            for (name, entry), place in zip(ordered, places, strict=True):
-                buffer = arena[place : place + entry.end - entry.begin]
+            for name, entry in ordered:
+                size = entry.end - entry.begin
+                buffer = scratch[:size] if converted(entry) else arena[places[name] : places[name] + size]
                 f.seek(entry.begin)
                 got = _read_fully(f, memoryview(buffer.numpy()))
-                if got != len(buffer):
-                    raise _bad(path, f"tensor {name!r}: {got} of {len(buffer)} bytes")
-                tensors[name] = buffer.view(entry.dtype).reshape(entry.shape)
+                if got != size:
+                    raise _bad(path, f"tensor {name!r}: {got} of {size} bytes")
+                stored = buffer.view(entry.dtype).reshape(entry.shape)
+                tensors[name] = stored.to(cast) if converted(entry) else stored
     except OSError as err:
         raise ModelFormatError(f"cannot read weight file {path} ({err}).") from err
     return tensors

@@ -90,14 +90,15 @@ def read_layout(path: Path) -> dict[str, torch.Tensor]:
     return meta_tensors(path) if reads_parts(path) else read_state_dict(path)
 
 
-def read_state_dict(path: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, prefixes: tuple[str, ...] = ("",), cast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` or pickled weight file whose keys start with one of ``prefixes`` (all by
-    default), on the CPU, in their stored dtypes, in memory the process owns. Read a big file part by part
-    (``prefixes``) so that only one part is held before it is cast and placed.
+    default), on the CPU, in memory the process owns: in their stored dtypes, or, with ``cast``, floating-point ones
+    already in ``cast`` where the format allows converting while reading (safetensors). Read a big file part by part
+    (``prefixes``) so that only one part is held before it is placed.
     """
     path = Path(path)
     if path.suffix in SAFE_SUFFIXES:
-        return read_tensors(path, prefixes)
+        return read_tensors(path, prefixes, cast)
     if path.suffix in PICKLE_SUFFIXES:
         return _read_pickle(path, prefixes)
     raise ModelFormatError(

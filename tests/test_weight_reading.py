@@ -46,3 +46,29 @@ def test_loaded_tensors_do_not_depend_on_the_file(io, weight_file):
         f.write(bytes(len(data)))
         f.truncate(16)
     assert all(torch.equal(tensors[name], expected[name]) for name in tensors)
+
+
+@pytest.mark.parametrize("cast", [torch.float32, torch.bfloat16, torch.float16])
+def test_cast_while_reading_equals_casting_after(io, weight_file, cast):
+    """Floating tensors come out in ``cast`` exactly as ``.to(cast)`` of the stored values; others as stored. Converted
+    tensors own their memory: no buffer of the stored dtype stays alive behind them."""
+    stored, converted = io.read_tensors(weight_file), io.read_tensors(weight_file, cast=cast)
+    for name, tensor in stored.items():
+        expected = tensor.to(cast) if tensor.is_floating_point() else tensor
+        assert converted[name].dtype == expected.dtype and torch.equal(converted[name], expected), name
+        if tensor.is_floating_point() and tensor.dtype != cast and tensor.numel():
+            assert converted[name].untyped_storage().nbytes() == converted[name].nbytes, name
+
+
+def test_a_folder_loads_the_same_whether_cast_while_reading_or_after(pack, m9_folder):
+    core = pack.altdiff_core
+    loaded = core.load_folder(m9_folder, dtype=torch.bfloat16)  # the tiny folder is stored in fp32: cast while reading
+    for part in ("text_encoder", "unet", "vae"):
+        module = loaded.model.unet if part == "unet" else getattr(loaded, part).module
+        folder = m9_folder / part
+        stems = ("model", "pytorch_model") if part == "text_encoder" else ("diffusion_pytorch_model",)
+        raw, _ = core.loading.read_component(folder, stems)
+        state = module.state_dict()
+        for key, value in raw.items():
+            if key in state:
+                assert torch.equal(state[key], value.to(state[key].dtype)), (part, key)
