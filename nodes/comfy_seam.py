@@ -77,15 +77,15 @@ class Managed(torch.nn.Module):
 
 
 class AltDiffusionTextEncoder(Managed):
-    pass
+    """The XLM-R text encoder, as ComfyUI's memory manager names it in its log."""
 
 
 class AltDiffusionUNet(Managed):
-    pass
+    """The UNet, as ComfyUI's memory manager names it in its log."""
 
 
 class AltDiffusionVAE(Managed):
-    pass
+    """The VAE, as ComfyUI's memory manager names it in its log."""
 
 
 def _parts(loaded: LoadedModel) -> list[tuple[TextEncoder | DiffusionModel | VAE, torch.nn.Module]]:
