@@ -137,11 +137,14 @@ def split_checkpoint(state_dict: dict[str, torch.Tensor], path: Path) -> dict[st
     return parts
 
 
-def read_part(path: Path, name: str, loaded: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def read_part(
+    path: Path, name: str, loaded: dict[str, torch.Tensor] | None = None, cast: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """The weights of one part (``PREFIXES``) of a checkpoint, prefix removed, read on their own so that only one part
-    is in memory before it is placed. ``loaded``: the whole state dict, for a pickle (read whole, once)."""
+    is in memory before it is placed; floating-point ones already in ``cast`` for a safetensors file
+    (``weights.read_state_dict``). ``loaded``: the whole state dict, for a pickle (read whole, once)."""
     prefix = PREFIXES[name]
-    tensors = read_state_dict(path, (prefix,)) if loaded is None else loaded
+    tensors = read_state_dict(path, (prefix,), cast) if loaded is None else loaded
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
@@ -283,16 +286,16 @@ def load_checkpoint(
     tokenizer, own_tokenizer = find_tokenizer(path, int(text_config["vocab_size"]), tokenizer_folders)
     variant = checkpoint_variant(text_config, tokenizer, own_tokenizer)
     text_encoder = build_text_encoder(
-        text_config, read_part(path, "text_encoder", loaded), tokenizer, path, device=device, dtype=dtype, variant=variant
+        text_config, read_part(path, "text_encoder", loaded, dtype), tokenizer, path, device=device, dtype=dtype, variant=variant
     )
 
     unet_config = _companion_config(path, "unet") or unet_config_from_shapes(shapes["unet"], variant.unet_family, path)
-    unet_weights = convert_unet(_prefixed(read_part(path, "unet", loaded), "unet"), unet_config, path)
+    unet_weights = convert_unet(_prefixed(read_part(path, "unet", loaded, dtype), "unet"), unet_config, path)
     model = build_unet(unet_config, unet_weights, path, schedule, variant, device=device, dtype=dtype)
     del unet_weights  # on a GPU load, the UNet's file pages go before the VAE's are read
 
     vae_config = _companion_config(path, "vae") or vae_config_from_shapes(shapes["vae"], path)
-    vae_weights = convert_vae(read_part(path, "vae", loaded), vae_config, path)
+    vae_weights = convert_vae(read_part(path, "vae", loaded, vae_dtype or dtype), vae_config, path)
     vae = build_vae(vae_config, vae_weights, path, device=device, dtype=vae_dtype or dtype)
     return assemble(text_encoder, model, vae, path, started, format="single file", tokenizer=str(tokenizer.model_file.parent))
 

@@ -39,22 +39,25 @@ def _outputs(loaded, core) -> dict[str, torch.Tensor]:
     """Text-encoder conditioning for a few prompts, one UNet call, one VAE decode and encode."""
     generator = torch.manual_seed(0)
     conds = [core.encode_prompt(loaded.text_encoder, p)[0] for p in PROMPTS]
-    x = torch.randn(1, 4, 8, 8, generator=generator)
+    dtype = loaded.model.dtype
+    x = torch.randn(1, 4, 8, 8, generator=generator).to(dtype)
     with torch.no_grad():
-        eps = loaded.model.unet(x, torch.tensor([500]), encoder_hidden_states=conds[0]).sample
-        pixels = loaded.vae.module.decode(x).sample
+        eps = loaded.model.unet(x, torch.tensor([500]), encoder_hidden_states=conds[0].to(dtype)).sample
+        pixels = loaded.vae.module.decode(x.to(loaded.vae.dtype)).sample
         latent = loaded.vae.module.encode(pixels).latent_dist.mode()
     return {**{f"cond{i}": c for i, c in enumerate(conds)}, "eps": eps, "pixels": pixels, "latent": latent}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["as_stored", "cast_while_reading"])
 @pytest.mark.parametrize(
     ("folder_fixture", "file_fixture", "variant"), [("m9_folder", "m9_file", "m9"), ("m18_folder", "m18_file", "m18")]
 )
-def test_single_file_gives_the_folder_model(core, request, folder_fixture, file_fixture, variant):
+def test_single_file_gives_the_folder_model(core, request, folder_fixture, file_fixture, variant, dtype):
     """Same configs, the same weights bit for bit, the same outputs bit for bit (weights are read into fresh,
-    aligned memory whatever the file's layout, so CPU kernels take the same paths)."""
-    from_folder = core.load_folder(request.getfixturevalue(folder_fixture))
-    from_file = core.load_checkpoint(request.getfixturevalue(file_fixture))
+    aligned memory whatever the file's layout, so CPU kernels take the same paths), also when cast on reading."""
+    from_folder = core.load_folder(request.getfixturevalue(folder_fixture), dtype=dtype)
+    from_file = core.load_checkpoint(request.getfixturevalue(file_fixture), dtype=dtype)
+    assert from_file.model.unet.dtype == from_folder.model.unet.dtype == dtype
     assert from_file.info["variant"] == variant and from_file.info["format"] == "single file"
     assert dict(from_file.model.unet.config) == dict(from_folder.model.unet.config)
     assert dict(from_file.vae.module.config) == dict(from_folder.vae.module.config)
