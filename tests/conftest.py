@@ -77,6 +77,24 @@ def sd_clip_folder(models_dir) -> Path:
     return write_sd_clip_folder(models_dir / "sd15-clip-tiny")
 
 
+@pytest.fixture(scope="module")
+def core(pack):
+    """The engine package (``comfyui_altdiffusion.altdiff_core``)."""
+    return pack.altdiff_core
+
+
+@pytest.fixture(scope="module")
+def m9(core, m9_folder):
+    """The tiny m9 loaded (fp32, CPU); one per test module, so a module that changes it affects no other."""
+    return core.load_folder(m9_folder)
+
+
+@pytest.fixture(scope="module")
+def m18(core, m18_folder):
+    """The tiny m18 loaded (fp32, CPU); one per test module."""
+    return core.load_folder(m18_folder)
+
+
 @pytest.fixture(scope="session")
 def comfy_models(tmp_path_factory) -> Path:
     """Model folders for the real ComfyUI, as a user lays them out.

@@ -13,16 +13,6 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from ldm_checkpoints import ldm_state_dict, write_ldm_checkpoint
 
 
-@pytest.fixture(scope="module")
-def core(pack):
-    return pack.altdiff_core
-
-
-@pytest.fixture(scope="module")
-def m9(core, m9_folder):
-    return core.load_folder(m9_folder)
-
-
 def test_missing_folder(core, tmp_path):
     with pytest.raises(core.ModelNotFoundError, match="does not exist") as err:
         core.load_folder(tmp_path / "nowhere")

@@ -37,16 +37,6 @@ def fuzz(examples: int) -> settings:
 
 
 @pytest.fixture(scope="module")
-def core(pack):
-    return pack.altdiff_core
-
-
-@pytest.fixture(scope="module")
-def m9(core, m9_folder):
-    return core.load_folder(m9_folder)
-
-
-@pytest.fixture(scope="module")
 def cond(core, m9):
     return [[core.encode_prompt(m9.text_encoder, "a cat")[0], {}]]
 

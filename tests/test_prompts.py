@@ -21,21 +21,6 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def core(pack):
-    return pack.altdiff_core
-
-
-@pytest.fixture(scope="module")
-def m9(core, m9_folder):
-    return core.load_folder(m9_folder)
-
-
-@pytest.fixture(scope="module")
-def m18(core, m18_folder):
-    return core.load_folder(m18_folder)
-
-
-@pytest.fixture(scope="module")
 def ref9(m9_folder):
     return reference_components(m9_folder)
 

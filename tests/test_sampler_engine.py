@@ -15,16 +15,6 @@ CFG = 6.0
 
 
 @pytest.fixture(scope="module")
-def core(pack):
-    return pack.altdiff_core
-
-
-@pytest.fixture(scope="module")
-def m9(core, m9_folder):
-    return core.load_folder(m9_folder)
-
-
-@pytest.fixture(scope="module")
 def conds(core, m9):
     (pos, _), (neg, _) = core.encode_prompt(m9.text_encoder, "一只猫"), core.encode_prompt(m9.text_encoder, "模糊")
     return [[pos, {}]], [[neg, {}]]

@@ -16,11 +16,6 @@ PROMPTS = ("一只戴着红色帽子的猫，油画风格", "A cat sleeping unde
 
 
 @pytest.fixture(scope="module")
-def core(pack):
-    return pack.altdiff_core
-
-
-@pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")
 
