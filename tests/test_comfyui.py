@@ -289,9 +289,12 @@ def test_setlatentnoisemask_keeps_unmasked_latent(comfy):
 # ----------------------------------------------------------------------------------------------- memory manager
 
 
-def loads_logged(comfy, name: str) -> int:
-    """How many times the server log says the model ``name`` was read from disk (``loading.load_folder``'s line)."""
-    return sum(1 for line in comfy.log_text().splitlines() if f"from {name}:" in line.replace("\\", "/") and "(loaded in" in line)
+def loads_in(log: str, path: str) -> int:
+    """Disk reads of the model at ``path`` in ``log`` (the loader's "… from <path>: … (loaded in X s)" line).
+
+    Matches ``from <path>:`` with the colon, so ``…/AltDiffusion-m9`` does not also count ``…/AltDiffusion-m9-fault``.
+    """
+    return sum(1 for line in log.splitlines() if f"from {path}:" in line.replace("\\", "/") and "(loaded in" in line)
 
 
 def test_model_survives_another_models_graph_without_disk_reload(comfy, comfy_models):
@@ -310,7 +313,7 @@ def test_model_survives_another_models_graph_without_disk_reload(comfy, comfy_mo
         }
     )
     (first,) = latents_of(comfy, run_ok(comfy, graph), "SL")
-    loads = loads_logged(comfy, name)
+    loads = loads_in(comfy.log_text(), name)
     assert loads >= 1
 
     other = {
@@ -324,7 +327,7 @@ def test_model_survives_another_models_graph_without_disk_reload(comfy, comfy_mo
     again = run_ok(comfy, graph)
     cached = {n for e in again.events if e["type"] == "execution_cached" for n in e["data"]["nodes"]}
     assert "L" not in cached  # ComfyUI ran the loader node again: the model came from the pack's cache
-    assert loads_logged(comfy, name) == loads
+    assert loads_in(comfy.log_text(), name) == loads
     (second,) = latents_of(comfy, again, "SL")
     assert torch.equal(first, second)
     log = comfy.log_text()

@@ -30,7 +30,7 @@ import pytest
 import torch
 from comfy_server import ComfyServer, PromptRejectedError, RunResult
 from factories import WEIGHT_FILES, write_altdiffusion_folder
-from test_comfyui import encode, latents_of, sampler, save_image, save_latent
+from test_comfyui import encode, latents_of, loads_in, sampler, save_image, save_latent
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
@@ -182,14 +182,6 @@ def probe(server: ComfyServer, nonce: int) -> dict:
 
 def model_path(server: ComfyServer, name: str) -> str:
     return (server.model_paths["altdiffusion"][0] / name).resolve().as_posix()
-
-
-def loads_in(log: str, path: str) -> int:
-    """Disk reads of the model at ``path`` in ``log`` (the loader's "… from <path>: … (loaded in X s)" line).
-
-    Matches ``from <path>:`` with the colon, so ``…/AltDiffusion-m9`` does not also count ``…/AltDiffusion-m9-fault``.
-    """
-    return sum(1 for line in log.splitlines() if f"from {path}:" in line.replace("\\", "/") and "(loaded in" in line)
 
 
 def no_repeats(rng: random.Random, count: int) -> list[Combo]:
