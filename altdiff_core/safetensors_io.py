@@ -165,8 +165,11 @@ def read_tensors(path: Path, prefixes: tuple[str, ...] = ("",), cast: torch.dtyp
         if not converted(entry):
             places[name] = total
             total += -(-(entry.end - entry.begin) // ALIGNMENT) * ALIGNMENT
-    arena = fresh_buffer(total)
-    scratch = fresh_buffer(max((e.end - e.begin for _, e in ordered if converted(e)), default=0))
+    # Plain allocations. Transparent huge pages (anonymous mmap + MADV_HUGEPAGE) were tried and dropped: 0.84 s for the
+    # 3 GB m9 where an earlier load's freed huge pages were reused, but 7.4–8.5 s in a fresh process on the 2-core VM
+    # (the kernel compacts memory to find 2 MB pages) against 2.0 s this way.
+    arena = torch.empty(total, dtype=torch.uint8)
+    scratch = torch.empty(max((e.end - e.begin for _, e in ordered if converted(e)), default=0), dtype=torch.uint8)
     tensors = {}
     try:
         with path.open("rb", buffering=0) as f:
@@ -186,16 +189,6 @@ def read_tensors(path: Path, prefixes: tuple[str, ...] = ("",), cast: torch.dtyp
 
 ALIGNMENT = 64
 """Byte alignment of each tensor in the buffer ``read_tensors`` fills (a cache line; any dtype's element size)."""
-
-
-def fresh_buffer(nbytes: int) -> torch.Tensor:
-    """An uninitialised uint8 CPU tensor of ``nbytes`` that nothing else shares.
-
-    Plain ``torch.empty``. Transparent huge pages (an anonymous ``mmap`` with ``MADV_HUGEPAGE``) were tried and
-    dropped: reading the 3 GB m9 into them took 0.84 s where the freed huge pages of an earlier load were reused, but
-    7.4–8.5 s in a fresh process on the 2-core VM (the kernel compacts memory to find 2 MB pages) against 2.0 s here.
-    """
-    return torch.empty(nbytes, dtype=torch.uint8)
 
 
 def _read_fully(f, view: memoryview) -> int:
