@@ -72,3 +72,53 @@ def test_a_folder_loads_the_same_whether_cast_while_reading_or_after(pack, m9_fo
         for key, value in raw.items():
             if key in state:
                 assert torch.equal(state[key], value.to(state[key].dtype)), (part, key)
+
+
+@pytest.mark.parametrize("workers, chunk_bytes", [(1, 2**25), (2, 4098), (3, 4096), (8, 2**16)])
+@pytest.mark.parametrize("cast", [None, torch.bfloat16])
+def test_pieces_read_by_several_threads_give_the_same_tensors(io, weight_file, workers, chunk_bytes, cast):
+    """Tensors cut into pieces (down to a few elements, not a multiple of their element size) and shared out to
+    threads arrive whole and in place, as stored or cast, in the one aligned buffer."""
+    reference = io.read_tensors(weight_file, cast=cast, workers=1, chunk_bytes=2**30)
+    ours = io.read_tensors(weight_file, cast=cast, workers=workers, chunk_bytes=chunk_bytes)
+    assert ours.keys() == reference.keys()
+    for name, tensor in ours.items():
+        assert tensor.dtype == reference[name].dtype and torch.equal(tensor, reference[name]), name
+        assert tensor.data_ptr() % io.ALIGNMENT == 0, name
+
+
+def test_pieces_tile_each_tensor_exactly(io):
+    entry = io.TensorEntry(torch.float16, (1001,), begin=100, end=100 + 2002)
+    target = torch.empty(1001, dtype=torch.float16)
+    pieces = io._pieces("t", entry, target, chunk_bytes=333)  # 166 elements a piece, the last one shorter
+    assert [p.count for p in pieces] == [166] * 6 + [5]
+    assert [p.begin for p in pieces] == [100 + 332 * k for k in range(7)]
+    assert [p.target.data_ptr() for p in pieces] == [target.data_ptr() + 332 * k for k in range(7)]
+    assert all(p.target.numel() == p.count for p in pieces)
+    assert io._pieces("t", entry, target, chunk_bytes=1)[0].count == 1  # a piece holds at least one element
+
+
+def test_a_file_cut_short_while_threads_read_it_is_named(io, weight_file, monkeypatch):
+    """The header was valid when checked, then the file shrank: a reader thread's short read surfaces as the usual
+    ModelFormatError from ``read_tensors``, not as a thread's traceback or a half-filled tensor."""
+    checked = io.read_header
+
+    def header_then_truncate(path):
+        entries = checked(path)
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - 1000)
+        return entries
+
+    monkeypatch.setattr(io, "read_header", header_then_truncate)
+    with pytest.raises(io.ModelFormatError, match="damaged or truncated.*tensor 'big'"):
+        io.read_tensors(weight_file, workers=4, chunk_bytes=4096)
+
+
+@pytest.mark.parametrize("cast", [None, torch.bfloat16])
+def test_reader_threads_work_under_inference_mode(io, weight_file, cast):
+    """ComfyUI runs every node under ``torch.inference_mode()``, which is per thread: the reader threads must write
+    into the caller's inference tensors in the same mode, or torch refuses the in-place copy."""
+    reference = io.read_tensors(weight_file, cast=cast, workers=1)
+    with torch.inference_mode():
+        ours = io.read_tensors(weight_file, cast=cast, workers=3, chunk_bytes=4096)
+    assert all(torch.equal(ours[name], reference[name]) for name in reference)
