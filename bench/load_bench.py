@@ -13,6 +13,8 @@ the single file, whose UNet/VAE/text-encoder configs the loader infers from shap
 read once, so all loads start from a warm page cache. Each load runs in a fresh Python subprocess, which reports:
 
 - ``load_s``: wall time of the load alone (after the imports), to the device asked, synchronised;
+- ``first_use_s``: then reading every weight once (``p.sum()``), where memory-mapped weights are paged in; ``ready_s``
+  is the sum of the two, the time until every weight is in memory;
 - ``peak_rss_mb``: the process's peak resident set (``VmHWM``; ``ru_maxrss`` is recorded too but survives ``execve``,
   so it would report the parent's size), imports included. Memory-mapped file pages a load touches count here too;
 - ``load_rss_mb``: that peak minus the resident set right after the imports: what the load itself added;
@@ -41,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("ours-folder", "ours-single-file", "diffusers", "diffusers-no-accelerate")
 BASELINE = "diffusers"
+MEDIANS = ("load_s", "ready_s", "peak_rss_mb", "load_rss_mb")
 
 logger = logging.getLogger("load_bench")
 
@@ -118,11 +121,16 @@ def run_one(kind: str, folder: Path, single: Path, device: str) -> dict:
     with torch.no_grad():
         for p in params:  # first use: memory-mapped weights are read in now
             p.sum()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    used = time.perf_counter()
     return {
         "kind": kind,
         "device": device,
         "import_s": round(imported - started, 2),
         "load_s": round(loaded - imported, 2),
+        "first_use_s": round(used - loaded, 2),
+        "ready_s": round(used - imported, 2),
         "peak_rss_mb": round(peak),
         "import_peak_rss_mb": round(import_peak),
         "load_rss_mb": round(peak - import_rss),
@@ -188,26 +196,28 @@ def summarise(runs: list[dict]) -> list[dict]:
             mine = [r for r in ok if r["kind"] == kind]
             if mine:
                 medians[kind] = (
-                    {key: statistics.median(r[key] for r in mine) for key in ("load_s", "peak_rss_mb", "load_rss_mb")}
+                    {key: statistics.median(r[key] for r in mine) for key in MEDIANS}
                     | {k: mine[0][k] for k in ("gpu_peak_mb", "params", "end_rss_mb", "used_rss_mb")}
                     | {"n": len(mine)}
                 )
         base = medians.get(BASELINE)
         for kind, m in medians.items():
-            ratio = {k: round(m[k] / base[k], 2) if base and base[k] else None for k in ("load_s", "peak_rss_mb", "load_rss_mb")}
+            ratio = {k: round(m[k] / base[k], 2) if base and base[k] else None for k in MEDIANS}
             rows.append({"device": device, "kind": kind, **m, **{f"{k}_ratio": v for k, v in ratio.items()}})
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     head = (
-        "| device | loader | runs | load s | × diffusers | peak RSS MiB | × | added by the load MiB | × "
+        "| device | loader | runs | load s | × diffusers | load + first use s | × | peak RSS MiB | × "
+        "| added by the load MiB | × "
         "| RSS after load / after first use MiB | GPU peak MiB |"
     )
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         lines.append(
-            f"| {r['device']} | {r['kind']} | {r['n']} | {r['load_s']:.1f} | {r['load_s_ratio']} | {r['peak_rss_mb']:.0f} | "
+            f"| {r['device']} | {r['kind']} | {r['n']} | {r['load_s']:.2f} | {r['load_s_ratio']} | {r['ready_s']:.2f} | "
+            f"{r['ready_s_ratio']} | {r['peak_rss_mb']:.0f} | "
             f"{r['peak_rss_mb_ratio']} | {r['load_rss_mb']:.0f} | {r['load_rss_mb_ratio']} | "
             f"{r['end_rss_mb']} / {r['used_rss_mb']} | {r['gpu_peak_mb'] or ''} |"
         )

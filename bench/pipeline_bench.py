@@ -11,9 +11,10 @@ as fp16 safetensors in the BAAI folder layout, into ``--cache`` (default ``$ALTD
 
 Settings: txt2img 256×256, 4 steps, cfg 7.5, DPM++ 2M (Karras sigmas); img2img at denoise 0.5. Per stage: load, text
 encode, seconds per step, decode; peak RSS (and on CUDA peak VRAM, ``torch.cuda.max_memory_allocated``). On CUDA every
-stage timer and step timestamp waits for the GPU (``torch.cuda.synchronize``) first. Medians over ``--repeats``; ratios
-ours/peer. Also the floor: FLOPs of one UNet call (torch's FlopCounterMode; CFG batch 2, the run's latent size) over
-the matrix-multiply rate measured now in the same dtype (2048² on the CPU; on CUDA 8192², after a warm-up).
+stage timer and step timestamp waits for the GPU (``torch.cuda.synchronize``) first. The peers run round-robin, one
+round after another; medians over ``--repeats`` rounds; ratios ours/peer. Also the floor: FLOPs of one UNet call
+(torch's FlopCounterMode; CFG batch 2, the run's latent size) over the matrix-multiply rate measured in the same rounds
+in the same dtype (2048² on the CPU; on CUDA 8192², after a warm-up).
 
 Usage (in the test venv, from the pack's folder)::
 
@@ -462,6 +463,9 @@ def markdown(report: dict) -> str:
             f"({report['dtype']}); floor {floor['floor_step_s']:.2f} s/step; ours {report['step_over_floor']:.2f}× "
             "the floor.",
         ]
+    if report.get("rounds"):
+        lines += ["", "s/step in each round (the floor's too): " + "; ".join(
+            ", ".join(f"{name} {value:.2f}" for name, value in round_.items()) for round_ in report["rounds"])]  # fmt: skip
     if "auto" in report:
         lines += [
             "",
@@ -516,15 +520,22 @@ def main(argv=None) -> int:
         "note": args.note,
     }
     stem = args.results / f"pipeline_{args.device}_{args.dtype}"
-    for name in peers:
-        runs = [run_worker(name, args, args.dtype) for _ in range(args.repeats)]
-        report["peers"][name] = {"dtype": args.dtype, "result": medians(runs)}
-        save(report, stem)
+    runs: dict[str, list[dict]] = {name: [] for name in [*peers, "floor"]}
+    for _ in range(args.repeats):
+        # Round robin, not one peer's repeats after another's: a shared machine's speed drifts over minutes (the 2-core
+        # VM's s/step moved by 30 % between runs), and each round gives every peer and the floor the same phase.
+        for name, done in runs.items():
+            done.append(run_worker(name, args, args.dtype))
+            if name != "floor":
+                report["peers"][name] = {"dtype": args.dtype, "result": medians(done)}
+            report["rounds"] = [{name: done[k]["step_s" if name != "floor" else "floor_step_s"] for name, done in runs.items()
+                                 if k < len(done)} for k in range(len(runs["ours"]))]  # fmt: skip
+            save(report, stem)
     ours = report["peers"]["ours"]["result"]
     for name in peers:
         if name != "ours":
             report["ratios"][f"ours/{name}"] = ratios(ours, report["peers"][name]["result"])
-    report["floor"] = run_worker("floor", args, args.dtype)
+    report["floor"] = medians(runs["floor"])
     report["step_over_floor"] = ours["step_s"] / report["floor"]["floor_step_s"]
     save(report, stem)
     if args.dtype == "fp32" and "diffusers" in peers:
