@@ -7,9 +7,9 @@ A folder holds ``model_index.json`` (text encoder ``["alt_diffusion", "RobertaSe
 (``_diffusers_version`` 0.8) and old VAEs use pre-0.14 attention key names, which we rename.
 
 Each module is built from its config on the meta device (no memory, no random initialisation) and filled with the
-file's memory-mapped weights (every key must match), each tensor cast to the requested dtype and moved to the device
-on its own (``weights.load_into``). The ``build_*`` functions take a config dict and diffusers-named weights, so the
-single-file loader (``single_file.py``) shares them.
+file's weights, read into memory the process owns (every key must match), each tensor cast to the requested dtype and
+moved to the device on its own (``weights.load_into``). The ``build_*`` functions take a config dict and
+diffusers-named weights, so the single-file loader (``single_file.py``) shares them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from .components import VAE, DiffusionModel, LoadedModel, TextEncoder, parameter_count
 from .errors import ModelFormatError, ModelNotFoundError, NotAltDiffusionError
 from .schedules import DiscreteSchedule
+from .small_convs import use_small_image_convs
 from .text_encoder import IGNORED_KEY_PREFIXES, AltTextEncoder, xlmr_config
 from .tokenizer import XLMRTokenizer
 from .variants import Variant, detect_variant
@@ -158,8 +159,10 @@ def build_unet(
     device: torch.device,
     dtype: torch.dtype,
 ) -> DiffusionModel:
-    """The UNet from a diffusers ``unet/config.json`` dict and diffusers-named weights."""
+    """The UNet from a diffusers ``unet/config.json`` dict and diffusers-named weights, its deep 3×3 convolutions as
+    ``SmallImageConv2d`` (faster on the CPU, the same elsewhere)."""
     unet = build_empty(lambda: UNet2DConditionModel.from_config(config))
+    use_small_image_convs(unet)
     load_into(unet, state_dict, source, dtype=dtype, device=device)
     return DiffusionModel(unet, schedule.to(device), variant, torch.device(device), dtype, source)
 
