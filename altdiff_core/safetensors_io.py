@@ -240,7 +240,7 @@ class _Piece:
 
 def _pieces(name: str, entry: TensorEntry, target: torch.Tensor, chunk_bytes: int) -> list[_Piece]:
     """``entry`` cut into pieces of at most ``chunk_bytes`` (at least one element each) writing into ``target``."""
-    size = torch.empty((), dtype=entry.dtype).element_size()
+    size = entry.dtype.itemsize
     step = max(1, chunk_bytes // size)
     numel = (entry.end - entry.begin) // size
     return [
