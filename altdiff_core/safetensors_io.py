@@ -228,12 +228,11 @@ def read_tensors(
 
 @dataclass(frozen=True)
 class _Piece:
-    """Part of one tensor: ``count`` elements stored at ``begin`` in the file, to land in ``target`` (a flat view of
-    the tensor's memory, in the stored dtype or in the dtype being cast to)."""
+    """Part of one tensor: ``target.numel()`` elements stored at ``begin`` in the file, to land in ``target`` (a flat
+    view of the tensor's memory, in the stored dtype or in the dtype being cast to)."""
 
     name: str
     begin: int
-    count: int
     stored: torch.dtype
     target: torch.Tensor
 
@@ -244,7 +243,7 @@ def _pieces(name: str, entry: TensorEntry, target: torch.Tensor, chunk_bytes: in
     step = max(1, chunk_bytes // size)
     numel = (entry.end - entry.begin) // size
     return [
-        _Piece(name, entry.begin + first * size, min(step, numel - first), entry.dtype, target[first : first + step])
+        _Piece(name, entry.begin + first * size, entry.dtype, target[first : first + step])
         for first in range(0, numel, step)
     ]
 
@@ -256,19 +255,17 @@ def _read_pieces(path: Path, pieces: list[_Piece], inference: bool) -> None:
     try:
         with path.open("rb", buffering=0) as f, torch.inference_mode(inference):
             for piece in pieces:
-                nbytes = piece.count * piece.stored.itemsize
-                if piece.target.dtype == piece.stored:
-                    landing = piece.target.view(torch.uint8)
-                else:
-                    if scratch.numel() < nbytes:
-                        scratch = torch.empty(nbytes, dtype=torch.uint8)
-                    landing = scratch[:nbytes]
+                nbytes = piece.target.numel() * piece.stored.itemsize
+                cast = piece.target.dtype != piece.stored
+                if cast and scratch.numel() < nbytes:
+                    scratch = torch.empty(nbytes, dtype=torch.uint8)
+                landing = scratch[:nbytes] if cast else piece.target.view(torch.uint8)
                 _prefault(piece.target)
                 f.seek(piece.begin)
                 got = _read_fully(f, memoryview(landing.numpy()))
                 if got != nbytes:
                     raise _bad(path, f"tensor {piece.name!r}: {got} of {nbytes} bytes at byte {piece.begin}")
-                if landing is not piece.target:
+                if cast:  # pieces kept as stored were read in place
                     piece.target.copy_(landing.view(piece.stored))
     except OSError as err:
         raise ModelFormatError(f"cannot read weight file {path} ({err}).") from err
