@@ -23,9 +23,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .components import VAE, DiffusionModel, LoadedModel, TextEncoder, parameter_count
+from .cpu_kernels import use_cpu_kernels
 from .errors import ModelFormatError, ModelNotFoundError, NotAltDiffusionError
 from .schedules import DiscreteSchedule
-from .small_convs import use_small_image_convs
 from .text_encoder import IGNORED_KEY_PREFIXES, AltTextEncoder, xlmr_config
 from .tokenizer import XLMRTokenizer
 from .variants import Variant, detect_variant
@@ -145,6 +145,7 @@ def build_text_encoder(
             f"{config.vocab_size}; the tokenizer belongs to another model. Use the tokenizer folder of the same model."
         )
     module = build_empty(lambda: AltTextEncoder(config, variant))
+    use_cpu_kernels(module)
     load_into(module, state_dict, source, IGNORED_KEY_PREFIXES, dtype=dtype, device=device)
     return TextEncoder(module, tokenizer, variant, torch.device(device), dtype, source)
 
@@ -159,10 +160,10 @@ def build_unet(
     device: torch.device,
     dtype: torch.dtype,
 ) -> DiffusionModel:
-    """The UNet from a diffusers ``unet/config.json`` dict and diffusers-named weights, its deep 3×3 convolutions as
-    ``SmallImageConv2d`` (faster on the CPU, the same elsewhere)."""
+    """The UNet from a diffusers ``unet/config.json`` dict and diffusers-named weights, with ``cpu_kernels``' layers
+    (faster on the CPU, the same elsewhere)."""
     unet = build_empty(lambda: UNet2DConditionModel.from_config(config))
-    use_small_image_convs(unet)
+    use_cpu_kernels(unet)
     load_into(unet, state_dict, source, dtype=dtype, device=device)
     return DiffusionModel(unet, schedule.to(device), variant, torch.device(device), dtype, source)
 
@@ -172,6 +173,7 @@ def build_vae(
 ) -> VAE:
     """The VAE from a diffusers ``vae/config.json`` dict and diffusers-named weights (old attention names accepted)."""
     vae = build_empty(lambda: AutoencoderKL.from_config(config))
+    use_cpu_kernels(vae)
     load_into(vae, rename_legacy_vae_keys(state_dict), source, dtype=dtype, device=device)
     scaling = float(config.get("scaling_factor", 0.18215))
     return VAE(vae, scaling, torch.device(device), dtype, source)

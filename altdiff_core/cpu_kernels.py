@@ -1,0 +1,196 @@
+"""Faster CPU kernels for the models' matrix multiplies, swapped in when a model is built (``use_cpu_kernels``).
+
+Two layers, each keeping the parameters and state-dict keys of the layer it replaces and falling back to it on any
+input its rule does not cover (GPUs in particular keep cuBLAS/cuDNN, so CUDA results are untouched):
+
+**``OneDnnLinear``** (every plain ``nn.Linear``): on the CPU, fp32 and bf16 linears go to oneDNN's matrix multiply
+(``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU linears) instead of MKL's
+``sgemm``, which ``F.linear`` uses in fp32. On the 2-core AMD EPYC VM, fp32, GFLOP/s (medians of 5, interleaved),
+MKL → oneDNN, for the UNet's shapes at 256² (rows = CFG batch 2 × pixels or tokens):
+
+=============================  ==========
+rows × in → out                fp32
+=============================  ==========
+2048 × 320 → 320               134 → 162
+2048 × 320 → 2560              145 → 168
+2048 × 1280 → 320              146 → 180
+512 × 640 → 5120               120 → 178
+128 × 1280 → 10240             92 → 174
+32 × 1280 → 10240              51 → 113
+128 × 11520 → 1280 (3×3 conv)  141 → 180
+=============================  ==========
+
+oneDNN was faster on all 23 shapes measured (0.45–0.96 of MKL's time). In bf16, where ``F.linear`` already uses
+oneDNN through another entry point, the op alone took 0.65–1.0 of its time and a whole UNet call is unchanged. The
+outputs differ from MKL's by summation order only (fp32: 1.4e-6 over a whole UNet call). Where the op is missing or
+fails a probe (another torch build), ``F.linear`` runs.
+
+**``SmallImageConv2d``** (the UNet's deep 3×3 convolutions): oneDNN is slow on 1280–2560 input channels over a few
+pixels (4×4 and 8×8 at 256², 8×8 at 512²). The same convolution written as ``unfold`` (the 3×3 neighbourhoods as
+columns) and one matrix multiply runs at the matrix multiply's rate. Measured per layer shape (CFG batch 2, GFLOP/s,
+oneDNN convolution → unfold + ``addmm``, before the multiply moved to oneDNN too):
+
+=========================  ==========  ===========
+layer (input → output)     fp32        bf16
+=========================  ==========  ===========
+2560 ch, 4×4 → 1280        41 → 112    81 → 265
+2560 ch, 8×8 → 1280        112 → 158   210 → 340
+1920 ch, 8×8 → 1280        113 → 153   204 → 330
+1280 ch, 8×8 → 1280        104 → 148   338 → 334
+1280 ch, 8×8 → 4×4 (s 2)   37 → 106    207 → 258
+1280 ch, 4×4 → 1280        35 → 101    203 → 251
+640 ch, 8×8 → 1280         191 → 147   371 → 335
+1280 ch, 16×16 → 1280      176 → 163   441 → 340
+=========================  ==========  ===========
+
+Hence the rule (``uses_matmul``): CPU, at least ``MIN_CHANNELS`` input channels, at most ``MAX_PIXELS`` output pixels
+per image. Their outputs differ from oneDNN's convolution by 1e-6 (fp32, outputs up to 1.3) — summation order only.
+With the multiply on oneDNN too, 16×16 layers were tried again: the same speed either way (a whole call 1.015×), so
+``MAX_PIXELS`` stays at 64.
+
+Whole fp32 UNet call at 256² (CFG batch 2, interleaved medians of 4): the convolutions took it from 2.99 to 2.66 s
+(0.87×); oneDNN's linears then from 3.06 to 2.48 s (0.81×, max difference 1.3e-6 on outputs up to 1.5). In bf16 the
+linears change nothing (1.43 s either way, identical outputs: ``F.linear`` already reaches the same oneDNN kernel).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+"""Dtypes ``linear`` sends to oneDNN on the CPU (fp16 matrix multiplies on a CPU stay with ``F.linear``)."""
+
+MIN_CHANNELS = 1280
+"""Fewest input channels for the matrix-multiply form (640 channels at 8×8: oneDNN is faster, 191 against 147)."""
+
+MAX_PIXELS = 64
+"""Most output pixels per image for the matrix-multiply form (16×16: oneDNN's convolution is as fast or faster)."""
+
+
+@functools.cache
+def onednn_linear_op() -> Callable[..., torch.Tensor] | None:
+    """``torch.ops.mkldnn._linear_pointwise`` where this torch has it and it computes a 2×3 probe correctly; else
+    None. It is a private op (stable since torch 2.0, used by torch's compiler), hence the probe."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x, weight, bias = torch.ones(2, 3), torch.arange(12.0).reshape(4, 3), torch.ones(4)
+        works = torch.equal(op(x, weight, bias, "none", [], ""), F.linear(x, weight, bias))
+    except (AttributeError, RuntimeError, TypeError) as err:  # missing op, or another signature
+        logger.info("oneDNN linear not usable in torch %s (%s); using F.linear", torch.__version__, err)
+        return None
+    return op if works else None
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``linear`` gives ``x @ weight.T + bias`` to oneDNN: CPU tensors of one dtype in ``ONEDNN_DTYPES``,
+    a contiguous weight, and no autograd (the op has no backward)."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() >= 2
+        and x.dtype in ONEDNN_DTYPES
+        and weight.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and weight.is_contiguous()
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and onednn_linear_op() is not None
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``: ``x`` (..., in) × ``weight`` (out, in) + ``bias`` (out) → (..., out), through oneDNN where
+    ``uses_onednn`` says (see the module table)."""
+    if uses_onednn(x, weight, bias):
+        return onednn_linear_op()(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class OneDnnLinear(nn.Linear):
+    """An ``nn.Linear`` computed by ``linear``: same parameters and keys, oneDNN on the CPU (fp32, bf16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (..., in_features) → (..., out_features)."""
+        return linear(x, self.weight, self.bias)
+
+
+class SmallImageConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (3×3, zero padding, no groups or dilation) that computes small CPU inputs as unfold + one
+    matrix multiply (``linear``).
+
+    Same parameters and state-dict keys as the convolution it replaces; any other input goes to ``nn.Conv2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (N, C_in, H, W) → (N, C_out, H', W'), the convolution's shapes."""
+        height, width = (
+            (size + 2 * pad - kernel) // stride + 1
+            for size, pad, kernel, stride in zip(x.shape[-2:], self.padding, self.kernel_size, self.stride, strict=True)
+        )
+        if not uses_matmul(x, height * width):
+            return super().forward(x)
+        batch, channels = x.shape[0], self.out_channels
+        columns = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C_in·9, H'·W')
+        columns = columns.transpose(1, 2).reshape(batch * height * width, columns.shape[1])
+        out = linear(columns, self.weight.reshape(channels, -1), self.bias)  # (N·H'·W', C_out)
+        return out.reshape(batch, height * width, channels).transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def uses_matmul(x: torch.Tensor, out_pixels: int) -> bool:
+    """Whether ``SmallImageConv2d`` takes the matrix-multiply form for the 4-D input ``x`` (see the module table)."""
+    return x.device.type == "cpu" and x.dim() == 4 and x.shape[1] >= MIN_CHANNELS and 0 < out_pixels <= MAX_PIXELS
+
+
+def eligible_conv(conv: nn.Module) -> bool:
+    """A plain 3×3 ``nn.Conv2d`` the matrix-multiply form computes exactly (zero padding, no groups, no dilation)."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (3, 3)
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and conv.in_channels >= MIN_CHANNELS
+    )
+
+
+def _small_image_conv(conv: nn.Conv2d) -> SmallImageConv2d:
+    return SmallImageConv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        bias=conv.bias is not None, device="meta",
+    )  # fmt: skip
+
+
+def _onednn_linear(layer: nn.Linear) -> OneDnnLinear:
+    return OneDnnLinear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+
+
+REPLACEMENTS: tuple[tuple[Callable[[nn.Module], bool], Callable[[nn.Module], nn.Module]], ...] = (
+    (eligible_conv, _small_image_conv),
+    (lambda layer: type(layer) is nn.Linear, _onednn_linear),
+)
+"""(which layers, what replaces them): exact types only, so subclasses with their own behaviour are left alone."""
+
+
+def use_cpu_kernels(model: nn.Module) -> int:
+    """Replace, in place, every layer of ``model`` that ``REPLACEMENTS`` names by its faster-on-CPU twin holding the
+    same parameter objects (works on the meta device, before the weights are loaded). Returns how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            for matches, make in REPLACEMENTS:
+                if matches(child):
+                    twin = make(child)
+                    twin.weight, twin.bias = child.weight, child.bias
+                    setattr(parent, name, twin)
+                    replaced += 1
+                    break
+    return replaced

@@ -1,0 +1,256 @@
+"""The CPU kernels swapped into the models: linears through oneDNN and the UNet's deep 3×3 convolutions as unfold +
+matrix multiply — the plain layer's values, taken only where the rule says, in place of exactly the eligible layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@pytest.fixture
+def sc(pack):
+    return pack.altdiff_core.cpu_kernels
+
+
+def _conv(sc, in_channels, out_channels, stride=1, bias=True, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    conv = sc.SmallImageConv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias, dtype=dtype)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * in_channels**-0.5)
+        if bias:
+            conv.bias.copy_(torch.randn(out_channels, generator=g))
+    return conv
+
+
+CASES = [  # (batch, in, out, height, width, stride, bias)
+    (2, 1280, 64, 4, 4, 1, True),
+    (1, 1280, 32, 8, 8, 1, True),
+    (2, 1280, 16, 8, 8, 2, True),
+    (3, 1536, 8, 3, 5, 1, False),  # not square, odd sizes, no bias
+    (2, 1280, 8, 7, 9, 2, True),  # stride 2 from odd sizes: 4×5 out
+    (2, 1280, 8, 1, 1, 1, True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_matmul_form_gives_the_convolutions_values(sc, case, dtype, tolerance):
+    """Against an fp64 convolution of the same (rounded) values; oneDNN's own error is the yardstick for bf16."""
+    batch, cin, cout, height, width, stride, bias = case
+    conv = _conv(sc, cin, cout, stride, bias, dtype)
+    x = torch.randn(batch, cin, height, width, generator=torch.Generator().manual_seed(1)).to(dtype)
+    with torch.no_grad():
+        ours = conv(x)
+        plain = F.conv2d(x, conv.weight, conv.bias, stride, 1)
+        exact = F.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(), stride, 1)
+    assert ours.shape == plain.shape == exact.shape and ours.dtype == dtype
+    assert sc.uses_matmul(x, ours.shape[-2] * ours.shape[-1])
+    scale = exact.abs().max().item()
+    ours_error = (ours.double() - exact).abs().max().item() / scale
+    plain_error = (plain.double() - exact).abs().max().item() / scale
+    assert ours_error <= max(tolerance, 2 * plain_error), (ours_error, plain_error)
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((2, 1280, 8, 8), True),
+        ((2, 1280, 4, 4), True),
+        ((2, 1280, 9, 8), False),  # 72 output pixels
+        ((2, 1280, 16, 16), False),
+        ((2, 640, 8, 8), False),  # too few channels (a real eligible layer never sees them; the rule still holds)
+        ((0, 1280, 8, 8), True),
+    ],
+)
+def test_the_rule_picks_the_path(sc, monkeypatch, shape, expected):
+    """Which path runs, seen from the calls made: the matrix multiply or the plain convolution, never both."""
+    calls = []
+    plain = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, *a: calls.append("conv") or plain(self, *a))
+    conv = _conv(sc, shape[1], 4)
+    with torch.no_grad():
+        out = conv(torch.randn(shape))
+    assert calls == ([] if expected else ["conv"])
+    assert out.shape == (shape[0], 4, shape[2], shape[3])
+
+
+def test_stride_two_counts_output_pixels(sc, monkeypatch):
+    """16×16 in, stride 2: 64 output pixels, the matrix-multiply form."""
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda *a: pytest.fail("plain convolution used"))
+    with torch.no_grad():
+        assert _conv(sc, 1280, 4, stride=2)(torch.randn(1, 1280, 16, 16)).shape == (1, 4, 8, 8)
+
+
+class _LinearWithItsOwnForward(nn.Linear):
+    """Stands for a subclass with its own behaviour (a LoRA layer, say): never replaced."""
+
+
+def test_only_eligible_layers_are_replaced_and_keep_their_parameters(sc):
+    model = nn.ModuleDict(
+        {
+            "deep": nn.Conv2d(1280, 8, 3, padding=1),
+            "down": nn.Conv2d(2560, 8, 3, stride=2, padding=1, bias=False),
+            "shallow": nn.Conv2d(640, 8, 3, padding=1),
+            "pointwise": nn.Conv2d(1280, 8, 1),
+            "grouped": nn.Conv2d(1280, 8, 3, padding=1, groups=8),
+            "dilated": nn.Conv2d(1280, 8, 3, padding=2, dilation=2),
+            "reflect": nn.Conv2d(1280, 8, 3, padding=1, padding_mode="reflect"),
+            "same": nn.Conv2d(1280, 8, 3, padding="same"),
+            "nested": nn.Sequential(nn.SiLU(), nn.Conv2d(1280, 8, 3, padding=1), nn.Linear(4, 6, bias=False)),
+            "proj": nn.Linear(8, 4),
+            "subclass": _LinearWithItsOwnForward(8, 4),
+        }
+    )
+    before = {name: p for name, p in model.named_parameters()}
+    assert sc.use_cpu_kernels(model) == 5
+    assert {name for name, m in model.named_modules() if isinstance(m, sc.SmallImageConv2d)} == {"deep", "down", "nested.1"}
+    assert {name for name, m in model.named_modules() if isinstance(m, sc.OneDnnLinear)} == {"proj", "nested.2"}
+    assert type(model["subclass"]) is _LinearWithItsOwnForward
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert model["down"].stride == (2, 2) and model["down"].bias is None and model["nested"][2].bias is None
+    assert (model["proj"].in_features, model["proj"].out_features) == (8, 4)
+
+
+@pytest.fixture
+def onednn(sc):
+    """The oneDNN linear op; this suite's torch (requirements-dev.txt) has it, so a missing one is a failure here."""
+    op = sc.onednn_linear_op()
+    assert op is not None, f"torch {torch.__version__} has no usable torch.ops.mkldnn._linear_pointwise"
+    return op
+
+
+LINEAR_CASES = [  # (input shape, in, out, bias)
+    ((128, 1280), 1280, 640, True),
+    ((2, 77, 768), 768, 320, True),  # 3-D, as the attention layers call it
+    ((2, 64, 1280), 1280, 1280, False),
+    ((1, 3), 3, 5, True),
+]
+
+
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: "x".join(map(str, c[0])) + f"-{c[2]}-{c[3]}")
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_onednn_linear_gives_the_linears_values(sc, onednn, monkeypatch, case, dtype, tolerance):
+    """Against fp64, through oneDNN (``F.linear`` must not run); MKL's own error is the yardstick."""
+    shape, cin, cout, bias = case
+    layer = sc.OneDnnLinear(cin, cout, bias=bias, dtype=dtype)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    with torch.no_grad():
+        plain = F.linear(x, layer.weight, layer.bias)
+        exact = F.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
+        monkeypatch.setattr(F, "linear", lambda *a: pytest.fail("F.linear ran where oneDNN should"))
+        ours = layer(x)
+    assert ours.shape == plain.shape and ours.dtype == dtype
+    scale = exact.abs().max().item()
+    ours_error = (ours.double() - exact).abs().max().item() / scale
+    plain_error = (plain.double() - exact).abs().max().item() / scale
+    assert ours_error <= max(tolerance, 2 * plain_error), (ours_error, plain_error)
+
+
+def _onednn_taken(sc, onednn, monkeypatch, x, layer) -> bool:
+    """Which path ``layer(x)`` took, seen from the calls made (and the result checked against ``F.linear``)."""
+    calls = []
+    monkeypatch.setattr(sc, "onednn_linear_op", lambda: lambda *a: calls.append("onednn") or onednn(*a))
+    out = layer(x)
+    assert torch.allclose(out, F.linear(x, layer.weight, layer.bias), atol=1e-2, rtol=1e-2)
+    return calls == ["onednn"]
+
+
+@pytest.mark.parametrize("dtype, expected", [(torch.float32, True), (torch.bfloat16, True), (torch.float16, False)])
+def test_the_linear_rule_picks_the_path(sc, onednn, monkeypatch, dtype, expected):
+    layer = sc.OneDnnLinear(16, 8, dtype=dtype)
+    with torch.no_grad():
+        assert _onednn_taken(sc, onednn, monkeypatch, torch.randn(4, 16, dtype=dtype), layer) == expected
+
+
+def test_odd_inputs_stay_with_f_linear(sc, onednn, monkeypatch):
+    """A mixed dtype, a transposed (non-contiguous) weight, a 1-D input: ``F.linear``, with its own answer."""
+    layer = sc.OneDnnLinear(16, 16)
+    with torch.no_grad():
+        assert not _onednn_taken(sc, onednn, monkeypatch, torch.randn(4, 16, dtype=torch.float64), layer.double())
+        layer = sc.OneDnnLinear(16, 16)
+        layer.weight = nn.Parameter(layer.weight.detach().t(), requires_grad=False)
+        assert not layer.weight.is_contiguous()
+        assert not _onednn_taken(sc, onednn, monkeypatch, torch.randn(4, 16), layer)
+        assert not _onednn_taken(sc, onednn, monkeypatch, torch.randn(16), layer)
+
+
+def test_training_keeps_autograd(sc, onednn):
+    """With gradients wanted, the layer is ``F.linear`` (the oneDNN op has no backward): gradients flow."""
+    layer = sc.OneDnnLinear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    assert not sc.uses_onednn(x, layer.weight, layer.bias)
+    layer(x).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.inference_mode():
+        assert sc.uses_onednn(torch.randn(3, 8), layer.weight, layer.bias)
+
+
+@pytest.fixture
+def fresh_probe(sc):
+    """``onednn_linear_op`` probes once per process; these tests probe again, and leave a fresh cache behind."""
+    sc.onednn_linear_op.cache_clear()
+    yield sc.onednn_linear_op
+    sc.onednn_linear_op.cache_clear()
+
+
+def test_no_onednn_means_f_linear(sc, fresh_probe, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert fresh_probe() is None
+    layer = sc.OneDnnLinear(8, 4)
+    with torch.no_grad():
+        x = torch.randn(2, 8)
+        assert not sc.uses_onednn(x, layer.weight, layer.bias)
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize(
+    "stand_in",
+    [
+        lambda x, w, b, *rest: F.linear(x, w, b) + 1,  # computes something else
+        lambda x, w, b: F.linear(x, w, b),  # another signature
+    ],
+    ids=["wrong-values", "other-signature"],
+)
+def test_an_op_that_fails_the_probe_is_not_used(sc, fresh_probe, monkeypatch, stand_in):
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", stand_in)
+    assert fresh_probe() is None
+
+
+def test_the_loader_builds_the_unet_with_them(pack):
+    """A UNet with the real channel widths (1280 deep) through the loader's ``build_unet`` (on the meta device, so no
+    memory): the deep 3×3 layers are ``SmallImageConv2d``, the shallow ones are not, and the diffusers state-dict
+    keys are unchanged (``build_unet`` checks every key)."""
+    from diffusers import UNet2DConditionModel
+
+    core = pack.altdiff_core
+    config = {
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 1,
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+    }
+    with torch.device("meta"):
+        state = UNet2DConditionModel(**config).state_dict()
+    model = core.loading.build_unet(
+        config, state, Path("unet.safetensors"), core.schedules.DiscreteSchedule(), core.VARIANTS["m9"],
+        device=torch.device("meta"), dtype=torch.float32,
+    )  # fmt: skip
+    replaced = {name for name, m in model.unet.named_modules() if isinstance(m, core.cpu_kernels.SmallImageConv2d)}
+    assert {"mid_block.resnets.0.conv1", "down_blocks.2.downsamplers.0.conv", "up_blocks.0.resnets.0.conv1"} <= replaced
+    assert not any(name.startswith(("down_blocks.0.", "conv_in", "conv_out")) for name in replaced)
+    assert not any(type(m) is nn.Linear for m in model.unet.modules())
+    assert isinstance(model.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_q, core.cpu_kernels.OneDnnLinear)
+    assert model.unet.state_dict().keys() == state.keys()
+
+
+def test_loaded_models_use_them_everywhere(m9):
+    """Every plain linear of the loaded text encoder, UNet and VAE (a real folder through the loader) is oneDNN's."""
+    for module in (m9.text_encoder.module, m9.model.unet, m9.vae.module):
+        kinds = {type(m) for m in module.modules()}
+        assert nn.Linear not in kinds
+        assert sum(isinstance(m, nn.Linear) for m in module.modules()) > 0
