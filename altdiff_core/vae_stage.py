@@ -17,6 +17,12 @@ from .components import VAE
 from .convert import crop_to_multiple, image_to_pixels, pixels_to_image
 from .errors import InvalidInputError
 
+CPU_MEMORY_FORMAT = torch.channels_last
+"""Layout of the VAE's input on the CPU. oneDNN then runs every convolution channels-last (the input's layout carries
+through the network; the weights stay as loaded): on the 2-core EPYC VM, SD VAE at 256², medians of 6, interleaved,
+decode 0.90× (bf16) / 0.91× (fp32), encode 0.89× / 0.91×; at 512² bf16 decode 0.83×, encode 0.78×. On CUDA the same
+layout made an H200 slower (fp16 decode 22.4 → 27.9 ms, 1.24×), so GPUs get the input as it is."""
+
 OUTPUT_FIX = (
     "its weights contain NaN/inf, or it overflowed (SD VAEs do in fp16 at high resolution); load it with vae_dtype fp32 "
     "or bf16, or download the model's VAE again."
@@ -52,11 +58,11 @@ def encode_image(vae: VAE, image: torch.Tensor) -> torch.Tensor:
     _check_memory(vae, image.shape[0], h, w, decode=False)
     check_finite(image, "image", "the node that produced it failed; fix or replace that node's output.")
     image = crop_to_multiple(image, vae.downscale)
-    pixels = image_to_pixels(image.float()).to(vae.device, vae.dtype)
+    pixels = _vae_input(vae, image_to_pixels(image.float()))
     with torch.inference_mode():
         latent = vae.module.encode(pixels).latent_dist.mode()
     check_finite(latent, f"the VAE's {str(vae.dtype).removeprefix('torch.')} latent", OUTPUT_FIX)
-    return latent.float().cpu()
+    return latent.float().cpu().contiguous()  # a LATENT in the usual layout, whatever the VAE ran in
 
 
 def decode_latent(vae: VAE, latent: torch.Tensor) -> torch.Tensor:
@@ -83,9 +89,15 @@ def decode_latent(vae: VAE, latent: torch.Tensor) -> torch.Tensor:
     _check_memory(vae, latent.shape[0], latent.shape[2], latent.shape[3], decode=True)
     check_finite(latent, "latent", "it came from a sampler or node that diverged; lower cfg, or re-encode the image.")
     with torch.inference_mode():
-        pixels = vae.module.decode(latent.to(vae.device, vae.dtype)).sample
+        pixels = vae.module.decode(_vae_input(vae, latent)).sample
     check_finite(pixels, f"the VAE's {str(vae.dtype).removeprefix('torch.')} output", OUTPUT_FIX)
     return pixels_to_image(pixels)
+
+
+def _vae_input(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, H, W) on the VAE's device in its dtype, channels-last on the CPU (``CPU_MEMORY_FORMAT``)."""
+    x = x.to(vae.device, vae.dtype)
+    return x.contiguous(memory_format=CPU_MEMORY_FORMAT) if x.device.type == "cpu" else x
 
 
 def _check_memory(vae: VAE, batch: int, h: int, w: int, *, decode: bool) -> None:
