@@ -11,10 +11,11 @@ as fp16 safetensors in the BAAI folder layout, into ``--cache`` (default ``$ALTD
 
 Settings: txt2img 256×256, 4 steps, cfg 7.5, DPM++ 2M (Karras sigmas); img2img at denoise 0.5. Per stage: load, text
 encode, seconds per step, decode; peak RSS (and on CUDA peak VRAM, ``torch.cuda.max_memory_allocated``). On CUDA every
-stage timer and step timestamp waits for the GPU (``torch.cuda.synchronize``) first. The peers run round-robin, one
-round after another; medians over ``--repeats`` rounds; ratios ours/peer. Also the floor: FLOPs of one UNet call
-(torch's FlopCounterMode; CFG batch 2, the run's latent size) over the matrix-multiply rate measured in the same rounds
-in the same dtype (2048² on the CPU, the faster of ``torch.mm`` and oneDNN's linear; on CUDA 8192², after a warm-up).
+stage timer and step timestamp waits for the GPU (``torch.cuda.synchronize``) first. Before every worker the
+model's files are read once, so each load starts from a warm page cache. The peers run round-robin, one round after
+another; medians over ``--repeats`` rounds; ratios ours/peer. Also the floor: FLOPs of one UNet call (torch's
+FlopCounterMode; CFG batch 2, the run's latent size) over the matrix-multiply rate measured in the same rounds in the
+same dtype (2048² on the CPU, the faster of ``torch.mm`` and oneDNN's linear; on CUDA 8192², after a warm-up).
 
 Usage (in the test venv, from the pack's folder)::
 
@@ -55,6 +56,11 @@ logger = logging.getLogger("pipeline_bench")
 # ----------------------------------------------------------------------------------------------- the model
 
 
+def model_files(cache: Path) -> tuple[Path, Path]:
+    """The single UNet and VAE files ComfyUI's ``UNETLoader`` / ``VAELoader`` read."""
+    return cache / "diffusion_models" / f"{MODEL}-unet.safetensors", cache / "vae" / f"{MODEL}-vae.safetensors"
+
+
 def ensure_model(cache: Path) -> Path:
     """Write the full-size random m9 folder (fp16) and the single UNet / VAE files ComfyUI's loaders read into
     `cache`, once; returns the folder."""
@@ -63,8 +69,7 @@ def ensure_model(cache: Path) -> Path:
     from factories import write_altdiffusion_folder, write_component_file
 
     folder = cache / "altdiffusion" / MODEL
-    unet = cache / "diffusion_models" / f"{MODEL}-unet.safetensors"
-    vae = cache / "vae" / f"{MODEL}-vae.safetensors"
+    unet, vae = model_files(cache)
     # The UNet file first: the folder's UNet has the same weights (same seed and config), so the folder links to it
     # instead of building the 860 M-parameter UNet a second time.
     for path, component in ((unet, "unet"), (vae, "vae")):
@@ -403,6 +408,13 @@ WORKERS = {"ours": worker_ours, "diffusers": worker_diffusers, "comfyui": worker
 
 
 def run_worker(kind: str, args, dtype: str) -> dict:
+    # Every load starts from a warm page cache. Without this a load could find part of the files pushed out of it and
+    # time the disk instead: by whatever ran before the benchmark (ours 42.8 s in round 1, 3.5 s in round 2) or by
+    # the ComfyUI peer (12 GB resident on the 24 GB VM) just before ours (9.4 s against 1.6 s minutes later).
+    from load_bench import warm_page_cache  # bench/ is this script's folder, so on sys.path
+
+    warmed = warm_page_cache(args.model, *model_files(args.cache))
+    logger.info("page cache warmed with %.2f GiB", warmed / 2**30)
     command = [
         sys.executable,
         __file__,
