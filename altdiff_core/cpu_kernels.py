@@ -93,7 +93,8 @@ def onednn_linear_op() -> Callable[..., torch.Tensor] | None:
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``linear`` gives ``x @ weight.T + bias`` to oneDNN: CPU tensors of one dtype in ``ONEDNN_DTYPES``,
-    a contiguous weight, and no autograd (the op has no backward)."""
+    a contiguous weight, no autograd (the op has no backward), and oneDNN not switched off
+    (``torch.backends.mkldnn.flags(enabled=False)``)."""
     return (
         x.device.type == "cpu"
         and x.dim() >= 2
@@ -102,6 +103,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         and (bias is None or bias.dtype == x.dtype)
         and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and torch.backends.mkldnn.enabled
         and onednn_linear_op() is not None
     )
 

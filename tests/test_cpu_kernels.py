@@ -12,13 +12,13 @@ from torch import nn
 
 
 @pytest.fixture
-def sc(pack):
+def kernels(pack):
     return pack.altdiff_core.cpu_kernels
 
 
-def _conv(sc, in_channels, out_channels, stride=1, bias=True, dtype=torch.float32, seed=0):
+def _conv(kernels, in_channels, out_channels, stride=1, bias=True, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    conv = sc.SmallImageConv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias, dtype=dtype)
+    conv = kernels.SmallImageConv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias, dtype=dtype)
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * in_channels**-0.5)
         if bias:
@@ -38,17 +38,17 @@ CASES = [  # (batch, in, out, height, width, stride, bias)
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
-def test_matmul_form_gives_the_convolutions_values(sc, case, dtype, tolerance):
+def test_matmul_form_gives_the_convolutions_values(kernels, case, dtype, tolerance):
     """Against an fp64 convolution of the same (rounded) values; oneDNN's own error is the yardstick for bf16."""
     batch, cin, cout, height, width, stride, bias = case
-    conv = _conv(sc, cin, cout, stride, bias, dtype)
+    conv = _conv(kernels, cin, cout, stride, bias, dtype)
     x = torch.randn(batch, cin, height, width, generator=torch.Generator().manual_seed(1)).to(dtype)
     with torch.no_grad():
         ours = conv(x)
         plain = F.conv2d(x, conv.weight, conv.bias, stride, 1)
         exact = F.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(), stride, 1)
     assert ours.shape == plain.shape == exact.shape and ours.dtype == dtype
-    assert sc.uses_matmul(x, ours.shape[-2] * ours.shape[-1])
+    assert kernels.uses_matmul(x, ours.shape[-2] * ours.shape[-1])
     scale = exact.abs().max().item()
     ours_error = (ours.double() - exact).abs().max().item() / scale
     plain_error = (plain.double() - exact).abs().max().item() / scale
@@ -66,30 +66,30 @@ def test_matmul_form_gives_the_convolutions_values(sc, case, dtype, tolerance):
         ((0, 1280, 8, 8), True),
     ],
 )
-def test_the_rule_picks_the_path(sc, monkeypatch, shape, expected):
+def test_the_rule_picks_the_path(kernels, monkeypatch, shape, expected):
     """Which path runs, seen from the calls made: the matrix multiply or the plain convolution, never both."""
     calls = []
     plain = nn.Conv2d._conv_forward
     monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, *a: calls.append("conv") or plain(self, *a))
-    conv = _conv(sc, shape[1], 4)
+    conv = _conv(kernels, shape[1], 4)
     with torch.no_grad():
         out = conv(torch.randn(shape))
     assert calls == ([] if expected else ["conv"])
     assert out.shape == (shape[0], 4, shape[2], shape[3])
 
 
-def test_stride_two_counts_output_pixels(sc, monkeypatch):
+def test_stride_two_counts_output_pixels(kernels, monkeypatch):
     """16×16 in, stride 2: 64 output pixels, the matrix-multiply form."""
     monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda *a: pytest.fail("plain convolution used"))
     with torch.no_grad():
-        assert _conv(sc, 1280, 4, stride=2)(torch.randn(1, 1280, 16, 16)).shape == (1, 4, 8, 8)
+        assert _conv(kernels, 1280, 4, stride=2)(torch.randn(1, 1280, 16, 16)).shape == (1, 4, 8, 8)
 
 
 class _LinearWithItsOwnForward(nn.Linear):
     """Stands for a subclass with its own behaviour (a LoRA layer, say): never replaced."""
 
 
-def test_only_eligible_layers_are_replaced_and_keep_their_parameters(sc):
+def test_only_eligible_layers_are_replaced_and_keep_their_parameters(kernels):
     model = nn.ModuleDict(
         {
             "deep": nn.Conv2d(1280, 8, 3, padding=1),
@@ -106,9 +106,9 @@ def test_only_eligible_layers_are_replaced_and_keep_their_parameters(sc):
         }
     )
     before = {name: p for name, p in model.named_parameters()}
-    assert sc.use_cpu_kernels(model) == 5
-    assert {name for name, m in model.named_modules() if isinstance(m, sc.SmallImageConv2d)} == {"deep", "down", "nested.1"}
-    assert {name for name, m in model.named_modules() if isinstance(m, sc.OneDnnLinear)} == {"proj", "nested.2"}
+    assert kernels.use_cpu_kernels(model) == 5
+    assert {name for name, m in model.named_modules() if isinstance(m, kernels.SmallImageConv2d)} == {"deep", "down", "nested.1"}
+    assert {name for name, m in model.named_modules() if isinstance(m, kernels.OneDnnLinear)} == {"proj", "nested.2"}
     assert type(model["subclass"]) is _LinearWithItsOwnForward
     after = dict(model.named_parameters())
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
@@ -117,9 +117,9 @@ def test_only_eligible_layers_are_replaced_and_keep_their_parameters(sc):
 
 
 @pytest.fixture
-def onednn(sc):
+def onednn(kernels):
     """The oneDNN linear op; this suite's torch (requirements-dev.txt) has it, so a missing one is a failure here."""
-    op = sc.onednn_linear_op()
+    op = kernels.onednn_linear_op()
     assert op is not None, f"torch {torch.__version__} has no usable torch.ops.mkldnn._linear_pointwise"
     return op
 
@@ -134,10 +134,10 @@ LINEAR_CASES = [  # (input shape, in, out, bias)
 
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: "x".join(map(str, c[0])) + f"-{c[2]}-{c[3]}")
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
-def test_onednn_linear_gives_the_linears_values(sc, onednn, monkeypatch, case, dtype, tolerance):
+def test_onednn_linear_gives_the_linears_values(kernels, onednn, monkeypatch, case, dtype, tolerance):
     """Against fp64, through oneDNN (``F.linear`` must not run); MKL's own error is the yardstick."""
     shape, cin, cout, bias = case
-    layer = sc.OneDnnLinear(cin, cout, bias=bias, dtype=dtype)
+    layer = kernels.OneDnnLinear(cin, cout, bias=bias, dtype=dtype)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
     with torch.no_grad():
         plain = F.linear(x, layer.weight, layer.bias)
@@ -151,60 +151,70 @@ def test_onednn_linear_gives_the_linears_values(sc, onednn, monkeypatch, case, d
     assert ours_error <= max(tolerance, 2 * plain_error), (ours_error, plain_error)
 
 
-def _onednn_taken(sc, onednn, monkeypatch, x, layer) -> bool:
+def _onednn_taken(kernels, onednn, monkeypatch, x, layer) -> bool:
     """Which path ``layer(x)`` took, seen from the calls made (and the result checked against ``F.linear``)."""
     calls = []
-    monkeypatch.setattr(sc, "onednn_linear_op", lambda: lambda *a: calls.append("onednn") or onednn(*a))
+    monkeypatch.setattr(kernels, "onednn_linear_op", lambda: lambda *a: calls.append("onednn") or onednn(*a))
     out = layer(x)
     assert torch.allclose(out, F.linear(x, layer.weight, layer.bias), atol=1e-2, rtol=1e-2)
     return calls == ["onednn"]
 
 
 @pytest.mark.parametrize("dtype, expected", [(torch.float32, True), (torch.bfloat16, True), (torch.float16, False)])
-def test_the_linear_rule_picks_the_path(sc, onednn, monkeypatch, dtype, expected):
-    layer = sc.OneDnnLinear(16, 8, dtype=dtype)
+def test_the_linear_rule_picks_the_path(kernels, onednn, monkeypatch, dtype, expected):
+    layer = kernels.OneDnnLinear(16, 8, dtype=dtype)
     with torch.no_grad():
-        assert _onednn_taken(sc, onednn, monkeypatch, torch.randn(4, 16, dtype=dtype), layer) == expected
+        assert _onednn_taken(kernels, onednn, monkeypatch, torch.randn(4, 16, dtype=dtype), layer) == expected
 
 
-def test_odd_inputs_stay_with_f_linear(sc, onednn, monkeypatch):
+def test_odd_inputs_stay_with_f_linear(kernels, onednn, monkeypatch):
     """A mixed dtype, a transposed (non-contiguous) weight, a 1-D input: ``F.linear``, with its own answer."""
-    layer = sc.OneDnnLinear(16, 16)
+    layer = kernels.OneDnnLinear(16, 16)
     with torch.no_grad():
-        assert not _onednn_taken(sc, onednn, monkeypatch, torch.randn(4, 16, dtype=torch.float64), layer.double())
-        layer = sc.OneDnnLinear(16, 16)
+        assert not _onednn_taken(kernels, onednn, monkeypatch, torch.randn(4, 16, dtype=torch.float64), layer.double())
+        layer = kernels.OneDnnLinear(16, 16)
         layer.weight = nn.Parameter(layer.weight.detach().t(), requires_grad=False)
         assert not layer.weight.is_contiguous()
-        assert not _onednn_taken(sc, onednn, monkeypatch, torch.randn(4, 16), layer)
-        assert not _onednn_taken(sc, onednn, monkeypatch, torch.randn(16), layer)
+        assert not _onednn_taken(kernels, onednn, monkeypatch, torch.randn(4, 16), layer)
+        assert not _onednn_taken(kernels, onednn, monkeypatch, torch.randn(16), layer)
 
 
-def test_training_keeps_autograd(sc, onednn):
+def test_mkldnn_switched_off_means_f_linear(kernels, onednn, monkeypatch):
+    """``torch.backends.mkldnn.enabled = False`` (a user's debugging switch) is honoured."""
+    layer = kernels.OneDnnLinear(8, 4)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert kernels.uses_onednn(x, layer.weight, layer.bias)
+        monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+        assert not kernels.uses_onednn(x, layer.weight, layer.bias)
+
+
+def test_training_keeps_autograd(kernels, onednn):
     """With gradients wanted, the layer is ``F.linear`` (the oneDNN op has no backward): gradients flow."""
-    layer = sc.OneDnnLinear(8, 4)
+    layer = kernels.OneDnnLinear(8, 4)
     x = torch.randn(3, 8, requires_grad=True)
-    assert not sc.uses_onednn(x, layer.weight, layer.bias)
+    assert not kernels.uses_onednn(x, layer.weight, layer.bias)
     layer(x).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
     with torch.inference_mode():
-        assert sc.uses_onednn(torch.randn(3, 8), layer.weight, layer.bias)
+        assert kernels.uses_onednn(torch.randn(3, 8), layer.weight, layer.bias)
 
 
 @pytest.fixture
-def fresh_probe(sc):
+def fresh_probe(kernels):
     """``onednn_linear_op`` probes once per process; these tests probe again, and leave a fresh cache behind."""
-    sc.onednn_linear_op.cache_clear()
-    yield sc.onednn_linear_op
-    sc.onednn_linear_op.cache_clear()
+    kernels.onednn_linear_op.cache_clear()
+    yield kernels.onednn_linear_op
+    kernels.onednn_linear_op.cache_clear()
 
 
-def test_no_onednn_means_f_linear(sc, fresh_probe, monkeypatch):
+def test_no_onednn_means_f_linear(kernels, fresh_probe, monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert fresh_probe() is None
-    layer = sc.OneDnnLinear(8, 4)
+    layer = kernels.OneDnnLinear(8, 4)
     with torch.no_grad():
         x = torch.randn(2, 8)
-        assert not sc.uses_onednn(x, layer.weight, layer.bias)
+        assert not kernels.uses_onednn(x, layer.weight, layer.bias)
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
 
 
@@ -216,7 +226,7 @@ def test_no_onednn_means_f_linear(sc, fresh_probe, monkeypatch):
     ],
     ids=["wrong-values", "other-signature"],
 )
-def test_an_op_that_fails_the_probe_is_not_used(sc, fresh_probe, monkeypatch, stand_in):
+def test_an_op_that_fails_the_probe_is_not_used(kernels, fresh_probe, monkeypatch, stand_in):
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", stand_in)
     assert fresh_probe() is None
 
