@@ -487,12 +487,12 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"UNet call: {floor['unet_gflop']:.0f} GFLOP; matmul {size}{floor['matmul_gflops']:.0f} GFLOP/s "
-            f"({report['dtype']}; the faster of: {each}); floor {floor['floor_step_s']:.2f} s/step; ours "
+            f"({report['dtype']}; the faster of: {each}); floor {floor['floor_step_s']:.3g} s/step; ours "
             f"{report['step_over_floor']:.2f}× the floor.",
         ]
     if report.get("rounds"):
         lines += ["", "s/step in each round (the floor's too): " + "; ".join(
-            ", ".join(f"{name} {value:.2f}" for name, value in round_.items()) for round_ in report["rounds"])]  # fmt: skip
+            ", ".join(f"{name} {value:.3g}" for name, value in round_.items()) for round_ in report["rounds"])]  # fmt: skip
     if "auto" in report:
         lines += [
             "",
