@@ -481,7 +481,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{r[k]:.2f}" if k in r else "–" for k in columns) + " |")
     floor = report.get("floor")
     if floor is not None:
-        size = f"{floor['matmul_n']}² " if "matmul_n" in floor else ""
+        size = f"{floor['matmul_n']:.0f}² " if "matmul_n" in floor else ""  # a median of two ints is a float
         prefix = "matmul_gflops["
         each = ", ".join(f"{k[len(prefix) : -1]} {v:.0f}" for k, v in floor.items() if k.startswith(prefix)) or "torch.mm"
         lines += [
