@@ -121,6 +121,8 @@ class OneDnnLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (..., in_features) → (..., out_features)."""
+        if not x.is_cpu:  # a GPU step is launch-bound: skip ``uses_onednn``'s checks there (0.08 µs against ~1 µs)
+            return F.linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias)
 
 

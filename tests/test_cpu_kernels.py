@@ -167,6 +167,13 @@ def test_the_linear_rule_picks_the_path(kernels, onednn, monkeypatch, dtype, exp
         assert _onednn_taken(kernels, onednn, monkeypatch, torch.randn(4, 16, dtype=dtype), layer) == expected
 
 
+def test_other_devices_go_straight_to_f_linear(kernels, monkeypatch):
+    """Off the CPU (meta stands in for CUDA) the layer is ``F.linear`` without even the rule's checks."""
+    monkeypatch.setattr(kernels, "uses_onednn", lambda *a: pytest.fail("the rule was checked off the CPU"))
+    layer = kernels.OneDnnLinear(8, 4, device="meta")
+    assert layer(torch.empty(2, 8, device="meta")).shape == (2, 4)
+
+
 def test_odd_inputs_stay_with_f_linear(kernels, onednn, monkeypatch):
     """A mixed dtype, a transposed (non-contiguous) weight, a 1-D input: ``F.linear``, with its own answer."""
     layer = kernels.OneDnnLinear(16, 16)
