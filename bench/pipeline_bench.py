@@ -368,10 +368,14 @@ def worker_floor(args) -> dict:
     a = torch.randn(n, n, dtype=dtype, device=args.device)
     b = torch.randn(n, n, dtype=dtype, device=args.device)
     products = {"torch.mm": lambda: torch.mm(a, b)}
-    if not cuda and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    sys.path.insert(0, str(ROOT))
+    from altdiff_core.cpu_kernels import onednn_linear_op  # the op the pack's CPU linears use, probed as they are
+
+    onednn = None if cuda else onednn_linear_op()
+    if onednn is not None:
         # torch's CPU matmul is MKL's; oneDNN's (the op inductor uses) was faster on the 2-core AMD VM (2048² fp32: 217
         # against 161 GFLOP/s). The floor is the machine's limit, so it takes the faster of the two.
-        products["onednn.linear"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+        products["onednn.linear"] = lambda: onednn(a, b, None, "none", [], "")
     rates = {}
     for name, product in products.items():
         try:
