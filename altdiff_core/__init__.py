@@ -15,6 +15,7 @@ from .errors import (
     TooLargeForMemoryError,
 )
 from .loading import DTYPES, check_folder, is_altdiffusion_folder, load_folder
+from .precision import resolve_dtype, resolve_vae_dtype
 from .prompt_stage import encode_prompt
 from .samplers import SAMPLERS
 from .schedules import SCHEDULERS
@@ -49,5 +50,7 @@ __all__ = [
     "load_folder",
     "load_model",
     "prepare_noise",
+    "resolve_dtype",
+    "resolve_vae_dtype",
     "sample_latent",
 ]

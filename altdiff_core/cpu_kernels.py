@@ -76,25 +76,30 @@ MAX_PIXELS = 64
 
 
 @functools.cache
-def onednn_linear_op() -> Callable[..., torch.Tensor] | None:
-    """``torch.ops.mkldnn._linear_pointwise`` where this torch has it and it computes a 2×3 probe correctly; else
-    None. It is a private op (stable since torch 2.0, used by torch's compiler), hence the probe."""
+def onednn_linear_op(dtype: torch.dtype = torch.float32) -> Callable[..., torch.Tensor] | None:
+    """``torch.ops.mkldnn._linear_pointwise`` where this torch has it and it computes a 2×3 probe in ``dtype``
+    correctly; else None. Probed per dtype, on the real op: oneDNN builds bf16 kernels only on CPUs with bf16
+    instructions (AVX512-BF16, AMX) or AVX-512 emulation, and on an AVX2-only CPU its bf16 inner product raises
+    "could not create a primitive descriptor" (then ``F.linear``, emulated, still works). It is a private op (stable
+    since torch 2.0, used by torch's compiler), hence the probe."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
         op = torch.ops.mkldnn._linear_pointwise
-        x, weight, bias = torch.ones(2, 3), torch.arange(12.0).reshape(4, 3), torch.ones(4)
+        # Small integers: exact in every ONEDNN_DTYPES member, so the probe compares for equality.
+        x, weight, bias = (torch.ones(2, 3), torch.arange(12.0).reshape(4, 3), torch.ones(4))
+        x, weight, bias = (t.to(dtype) for t in (x, weight, bias))
         works = torch.equal(op(x, weight, bias, "none", [], ""), F.linear(x, weight, bias))
-    except (AttributeError, RuntimeError, TypeError) as err:  # missing op, or another signature
-        logger.info("oneDNN linear not usable in torch %s (%s); using F.linear", torch.__version__, err)
+    except (AttributeError, RuntimeError, TypeError) as err:  # missing op, another signature, no kernel for dtype
+        logger.info("oneDNN linear not usable for %s in torch %s (%s); using F.linear", dtype, torch.__version__, err)
         return None
     return op if works else None
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether ``linear`` gives ``x @ weight.T + bias`` to oneDNN: CPU tensors of one dtype in ``ONEDNN_DTYPES``,
-    a contiguous weight, no autograd (the op has no backward), and oneDNN not switched off
-    (``torch.backends.mkldnn.flags(enabled=False)``)."""
+    """Whether ``linear`` gives ``x @ weight.T + bias`` to oneDNN: CPU tensors of one dtype in ``ONEDNN_DTYPES``
+    whose probe passed on this machine (``onednn_linear_op``), a contiguous weight, no autograd (the op has no
+    backward), and oneDNN not switched off (``torch.backends.mkldnn.flags(enabled=False)``)."""
     return (
         x.device.type == "cpu"
         and x.dim() >= 2
@@ -104,7 +109,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and torch.backends.mkldnn.enabled
-        and onednn_linear_op() is not None
+        and onednn_linear_op(x.dtype) is not None
     )
 
 
@@ -112,7 +117,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear``: ``x`` (..., in) × ``weight`` (out, in) + ``bias`` (out) → (..., out), through oneDNN where
     ``uses_onednn`` says (see the module table)."""
     if uses_onednn(x, weight, bias):
-        return onednn_linear_op()(x, weight, bias, "none", [], "")
+        return onednn_linear_op(x.dtype)(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 

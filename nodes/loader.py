@@ -7,8 +7,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 from ..altdiff_core import (
     DTYPES,
     AltDiffusionError,
@@ -17,6 +15,8 @@ from ..altdiff_core import (
     is_altdiffusion_checkpoint,
     is_altdiffusion_folder,
     load_model,
+    resolve_dtype,
+    resolve_vae_dtype,
 )
 from ..altdiff_core.components import LoadedModel
 from ..altdiff_core.single_file import CHECKPOINT_SUFFIXES, tokenizer_folders
@@ -31,15 +31,6 @@ VAE_DTYPE_CHOICES = ["auto", *DTYPES]
 MODEL_CACHE: ModelCache[LoadedModel] = ModelCache(capacity=1)
 """The last loaded model, process-wide: a second Loader node or a later workflow naming the same unchanged files gets
 the same modules (and ComfyUI the same ModelPatchers) instead of a second copy read from disk."""
-
-VAE_AUTO_DTYPES = {torch.float32: torch.float32, torch.bfloat16: torch.bfloat16, torch.float16: None}
-"""Model dtype → VAE dtype for vae_dtype 'auto'; None = bf16 where the device computes it fast, else fp32.
-
-Never fp16: the SD VAE decoder's activations exceed fp16's 65504 at high resolutions and some fine-tuned VAEs
-overflow even at 512 px (NaN → black image; A1111's ``--no-half-vae``). bf16 has fp32's range at fp16's memory, which
-is ComfyUI's own default VAE dtype on such GPUs; the VAE is 84 M parameters, so fp32 costs only 170 MB more.
-"""
-
 
 def _folders() -> Iterator[str]:
     for root in comfy_seam.model_roots():
@@ -111,37 +102,6 @@ def local_model(name: str) -> Path | None:
         return resolve_model(name, download=False)
     except AltDiffusionError:
         return None
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AVX512-BF16: AMD Zen 4+, Intel Cooper Lake+; AMX: Sapphire Rapids+),
-    where torch's bf16 matrix multiply runs 2–4× faster than fp32. Elsewhere bf16 is emulated and slower."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but stable since torch 2.1
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-
-
-def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """'auto' = the fastest numerically safe dtype on ``device``: fp16 on CUDA (as ComfyUI runs SD1 there), bf16 on a
-    CPU with bf16 instructions (fp32's range, so nothing overflows; the image drifts by about 1/40 at most, see the
-    README), fp32 on other CPUs (their fp16 and bf16 are emulated, slower than fp32)."""
-    if choice != "auto":
-        return DTYPES[choice]
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def resolve_vae_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """'auto' = the model's dtype, but never fp16 (``VAE_AUTO_DTYPES``); otherwise the dtype named."""
-    if choice != "auto":
-        return DTYPES[choice]
-    auto = VAE_AUTO_DTYPES[model_dtype]
-    if auto is None:
-        bf16_fast = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        auto = torch.bfloat16 if bf16_fast else torch.float32
-    return auto
 
 
 class AltDiffusionLoader:

@@ -44,7 +44,7 @@ def test_empty_prompt_encodes_as_one_window(nodes, parts, pack):
 
 def test_auto_dtype_is_the_fast_safe_one_for_this_cpu(pack, parts):
     model, text_encoder, vae, info = parts
-    expected = torch.bfloat16 if pack.nodes.loader.cpu_has_fast_bf16() else torch.float32
+    expected = torch.bfloat16 if pack.altdiff_core.precision.cpu_bf16_is_fast() else torch.float32
     assert model.dtype == text_encoder.dtype == vae.dtype == expected
     assert "m9" in info and str(expected).removeprefix("torch.") in info and "cpu" in info
 
@@ -59,10 +59,10 @@ def test_auto_dtype_is_the_fast_safe_one_for_this_cpu(pack, parts):
     ],
 )
 def test_auto_dtype_table(pack, monkeypatch, device, fast_bf16, expected):
-    loader = pack.nodes.loader
-    monkeypatch.setattr(loader, "cpu_has_fast_bf16", lambda: fast_bf16)
-    assert loader.resolve_dtype("auto", torch.device(device)) == expected
-    assert loader.resolve_dtype("fp32", torch.device(device)) == torch.float32
+    precision = pack.altdiff_core.precision
+    monkeypatch.setattr(precision, "cpu_bf16_is_fast", lambda: fast_bf16)
+    assert precision.resolve_dtype("auto", torch.device(device)) == expected
+    assert precision.resolve_dtype("fp32", torch.device(device)) == torch.float32
 
 
 def test_sampler_returns_raw_latent_and_keeps_other_keys(nodes, parts):

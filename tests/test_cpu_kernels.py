@@ -135,14 +135,17 @@ LINEAR_CASES = [  # (input shape, in, out, bias)
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: "x".join(map(str, c[0])) + f"-{c[2]}-{c[3]}")
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 def test_onednn_linear_gives_the_linears_values(kernels, onednn, monkeypatch, case, dtype, tolerance):
-    """Against fp64, through oneDNN (``F.linear`` must not run); MKL's own error is the yardstick."""
+    """Against fp64; MKL's own error is the yardstick. Where this CPU's oneDNN has a kernel for ``dtype`` the layer
+    must go through it (``F.linear`` must not run); where it has none (bf16 without bf16 instructions, e.g. under
+    ``ONEDNN_MAX_CPU_ISA=AVX2``) the layer must give ``F.linear``'s emulated result instead of oneDNN's error."""
     shape, cin, cout, bias = case
     layer = kernels.OneDnnLinear(cin, cout, bias=bias, dtype=dtype)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
     with torch.no_grad():
         plain = F.linear(x, layer.weight, layer.bias)
         exact = F.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
-        monkeypatch.setattr(F, "linear", lambda *a: pytest.fail("F.linear ran where oneDNN should"))
+        if kernels.onednn_linear_op(dtype) is not None:
+            monkeypatch.setattr(F, "linear", lambda *a: pytest.fail("F.linear ran where oneDNN should"))
         ours = layer(x)
     assert ours.shape == plain.shape and ours.dtype == dtype
     scale = exact.abs().max().item()
@@ -154,14 +157,19 @@ def test_onednn_linear_gives_the_linears_values(kernels, onednn, monkeypatch, ca
 def _onednn_taken(kernels, onednn, monkeypatch, x, layer) -> bool:
     """Which path ``layer(x)`` took, seen from the calls made (and the result checked against ``F.linear``)."""
     calls = []
-    monkeypatch.setattr(kernels, "onednn_linear_op", lambda: lambda *a: calls.append("onednn") or onednn(*a))
+    probe = kernels.onednn_linear_op  # the real per-dtype probe decides; the stand-in only records the calls
+    counting = lambda *a: calls.append("onednn") or onednn(*a)  # noqa: E731
+    monkeypatch.setattr(kernels, "onednn_linear_op", lambda dtype=torch.float32: counting if probe(dtype) else None)
     out = layer(x)
     assert torch.allclose(out, F.linear(x, layer.weight, layer.bias), atol=1e-2, rtol=1e-2)
     return calls == ["onednn"]
 
 
-@pytest.mark.parametrize("dtype, expected", [(torch.float32, True), (torch.bfloat16, True), (torch.float16, False)])
-def test_the_linear_rule_picks_the_path(kernels, onednn, monkeypatch, dtype, expected):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_linear_rule_picks_the_path(kernels, onednn, monkeypatch, dtype):
+    """fp32 always goes to oneDNN; bf16 where this CPU's oneDNN has a bf16 kernel (native or AVX-512-emulated bf16);
+    fp16 never (oneDNN's CPU fp16 inner product is refused on CPUs without AVX512-FP16, and MKL is no slower)."""
+    expected = dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     layer = kernels.OneDnnLinear(16, 8, dtype=dtype)
     with torch.no_grad():
         assert _onednn_taken(kernels, onednn, monkeypatch, torch.randn(4, 16, dtype=dtype), layer) == expected
@@ -238,6 +246,25 @@ def test_an_op_that_fails_the_probe_is_not_used(kernels, fresh_probe, monkeypatc
     assert fresh_probe() is None
 
 
+def test_the_probe_is_per_dtype(kernels, fresh_probe, monkeypatch):
+    """An op that works in fp32 but has no bf16 kernel (an AVX2-only CPU: "could not create a primitive descriptor")
+    is used for fp32 only; bf16 layers then compute with ``F.linear`` and give its values instead of crashing."""
+    real = torch.ops.mkldnn._linear_pointwise
+
+    def no_bf16_kernel(x, *rest):
+        if x.dtype == torch.bfloat16:
+            raise RuntimeError("could not create a primitive descriptor for the inner product forward propagation primitive")
+        return real(x, *rest)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", no_bf16_kernel)
+    assert fresh_probe(torch.float32) is not None and fresh_probe(torch.bfloat16) is None
+    layer = kernels.OneDnnLinear(16, 8, dtype=torch.bfloat16)
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert not kernels.uses_onednn(x, layer.weight, layer.bias)
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
 def test_the_loader_builds_the_unet_with_them(pack):
     """A UNet with the real channel widths (1280 deep) through the loader's ``build_unet`` (on the meta device, so no
     memory): the deep 3×3 layers are ``SmallImageConv2d``, the shallow ones are not, and the diffusers state-dict
@@ -271,3 +298,46 @@ def test_loaded_models_use_them_everywhere(m9):
         kinds = {type(m) for m in module.modules()}
         assert nn.Linear not in kinds
         assert sum(isinstance(m, nn.Linear) for m in module.modules()) > 0
+
+
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+"""How CI makes any x86 CPU compute as an AVX2-only one (no bf16 instructions): oneDNN's and ATen's ISA caps."""
+
+_AVX2_CHILD = r"""
+import json, pathlib, runpy, sys
+import torch
+runpy.run_path(sys.argv[1], run_name="altdiffusion_bootstrap")["load_pack"](pathlib.Path(sys.argv[2]))
+core = sys.modules["comfyui_altdiffusion"].altdiff_core
+layer = core.cpu_kernels.OneDnnLinear(16, 8, dtype=torch.bfloat16)
+with torch.no_grad():
+    out = layer(torch.ones(4, 16, dtype=torch.bfloat16))
+print(json.dumps({
+    "aten": torch.backends.cpu.get_cpu_capability(),
+    "onednn_bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    "probe_fp32": core.cpu_kernels.onednn_linear_op(torch.float32) is not None,
+    "probe_bf16": core.cpu_kernels.onednn_linear_op(torch.bfloat16) is not None,
+    "auto": str(core.resolve_dtype("auto", torch.device("cpu"))),
+    "bf16_linear_finite": bool(torch.isfinite(out).all()),
+}))
+"""
+
+
+def test_the_avx2_caps_take_bf16_away_and_auto_follows_the_probes():
+    """Under CI's AVX2 caps (on any x86 CPU, an AVX512-BF16 one included) ATen dispatches AVX2 kernels, oneDNN refuses
+    bf16 kernels, the per-dtype probe sees it, ``auto`` is fp32, and a bf16 layer still computes (emulated)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.run(
+        [sys.executable, "-c", _AVX2_CHILD, str(root / "__main__.py"), str(root)],
+        env={**os.environ, **AVX2_ENV}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-3000:]
+    facts = json.loads(child.stdout.strip().splitlines()[-1])
+    assert facts == {
+        "aten": "AVX2", "onednn_bf16": False, "probe_fp32": True, "probe_bf16": False, "auto": "torch.float32",
+        "bf16_linear_finite": True,
+    }, facts  # fmt: skip

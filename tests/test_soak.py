@@ -67,9 +67,11 @@ class Combo:
     steps: int = 3
 
     @property
-    def key(self) -> tuple[str, str]:
-        """What the pack's model cache tells apart (the files and the dtype)."""
-        return (self.model, self.dtype)
+    def key(self) -> tuple[str, torch.dtype]:
+        """What the pack's model cache tells apart: the files and the dtype the choice means on this machine ("auto"
+        is fp32 on a CPU without native bf16, so there it shares the fp32 combo's model)."""
+        engine = sys.modules["comfyui_altdiffusion"].altdiff_core
+        return (self.model, engine.resolve_dtype(self.dtype, torch.device("cpu")))
 
 
 COMBOS = [
@@ -245,7 +247,7 @@ def test_outputs_are_bit_identical_across_runs_and_a_restart(soak):
     assert server.pid != soak.first_pid
     m9_loads = [line for line in server.log_text().splitlines() if f"from {model_path(server, M9)}:" in line]
     assert any("float32 on cpu" in line for line in m9_loads)  # the fp32 combo
-    if sys.modules["comfyui_altdiffusion"].nodes.loader.cpu_has_fast_bf16():
+    if sys.modules["comfyui_altdiffusion"].altdiff_core.precision.cpu_bf16_is_fast():
         assert any("bfloat16 on cpu" in line for line in m9_loads)  # "auto" on this CPU
     for combo in COMBOS:
         assert soak.second_pass[combo.name].equals(soak.refs[combo.name]), f"{combo.name} changed between two runs"
