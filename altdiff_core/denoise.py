@@ -433,19 +433,26 @@ def _check_area(latent: torch.Tensor) -> None:
 
 def _check_group_norm(model: DiffusionModel, latent: torch.Tensor) -> None:
     """Each UNet level normalises groups of ``batch × channels/groups × h × w`` values, and torch refuses a group of
-    one (a raw ValueError). Only a 1×1 latent alone in its batch, on a UNet with one channel per group, gets there:
-    never the real SD UNets (10+ channels per group), but narrow ones can."""
+    one (a raw ValueError). Only a latent of a pixel or two alone in its batch, on a UNet with one channel per group,
+    gets there: never the real SD UNets (10+ channels per group), but narrow ones can."""
     config = model.unet.config
     groups = config.get("norm_num_groups") or 0
     widths = list(config["block_out_channels"])
+
+    def values_per_group(batch: int, h: int, w: int) -> int:
+        """The fewest values any group norm of the UNet sees for a ``batch × h × w`` latent."""
+        return min(
+            batch * (min(width, widths[max(level - 1, 0)]) // groups) * math.ceil(h / 2**level) * math.ceil(w / 2**level)
+            for level, width in enumerate(widths)  # a level's first resnet normalises the previous level's width
+        )
+
     batch, _, h, w = latent.shape
-    for level, width in enumerate(widths):
-        narrowest = min(width, widths[max(level - 1, 0)])  # a level's first resnet normalises the previous width
-        if groups and batch * (narrowest // groups) * math.ceil(h / 2**level) * math.ceil(w / 2**level) <= 1:
-            raise InvalidInputError(
-                f"latent of {h}×{w} is too small for this UNet (its group norms would see one value per group); "
-                "use at least 2×2 (EmptyLatentImage of 16×16 pixels) or a batch of 2."
-            )
+    if groups and values_per_group(batch, h, w) <= 1:
+        side = next(s for s in range(1, 2 ** len(widths) + 1) if values_per_group(1, s, s) > 1)
+        raise InvalidInputError(
+            f"latent of {h}×{w} is too small for this UNet (its group norms would see one value per group); "
+            f"use at least {side}×{side} (EmptyLatentImage of {8 * side}×{8 * side} pixels) or a batch of 2."
+        )
 
 
 def _check_memory(model: DiffusionModel, latent: torch.Tensor, cfg: float) -> None:
