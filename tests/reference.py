@@ -107,8 +107,12 @@ def float32_noise():
         yield
 
 
-def reference_denoise(ref, scheduler, noise, cond, uncond, cfg, *, vp: bool, generator=None, start_sample=None):
-    """AltDiffusionPipeline's loop. Returns the final *model-space* latent in VE scale (÷ nothing, × nothing)."""
+def reference_denoise(ref, scheduler, noise, cond, uncond, cfg, *, vp: bool, generator=None, start_sample=None,
+                      split_batch: bool = False):  # fmt: skip
+    """AltDiffusionPipeline's loop. Returns the final *model-space* latent in VE scale (÷ nothing, × nothing).
+
+    ``split_batch``: the unconditional and conditional halves of the CFG batch in two UNet calls (the same math in
+    another summation order, for the parity tests' rounding yardstick)."""
     timesteps = scheduler.timesteps
     sigma0 = float(scheduler.sigmas[0]) if hasattr(scheduler, "sigmas") else None
     if start_sample is not None:
@@ -121,7 +125,11 @@ def reference_denoise(ref, scheduler, noise, cond, uncond, cfg, *, vp: bool, gen
     with torch.no_grad():
         for t in timesteps:
             model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t)
-            eps = ref.unet(model_in, t, encoder_hidden_states=embeds).sample
+            if split_batch:
+                halves = zip(model_in.chunk(2), embeds.chunk(2), strict=True)
+                eps = torch.cat([ref.unet(x, t, encoder_hidden_states=e).sample for x, e in halves])
+            else:
+                eps = ref.unet(model_in, t, encoder_hidden_states=embeds).sample
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + cfg * (eps_c - eps_u)
             kwargs = {"generator": generator} if generator is not None else {}
