@@ -170,6 +170,7 @@ def text_encoder_config_from_shapes(shapes: Shapes, source: Path) -> dict[str, A
             f"{source}: a text encoder {hidden} wide is not an XLM-R base/large; its attention heads can't be read from "
             "the weights. Put its text_encoder/config.json in the checkpoint's companion folder."
         )
+    projection = "transformation_pre.weight" if "transformation_pre.weight" in shapes else "transformation.weight"
     config = {
         **TEXT_ENCODER_CONSTANTS,
         "vocab_size": int(vocab),
@@ -181,7 +182,8 @@ def text_encoder_config_from_shapes(shapes: Shapes, source: Path) -> dict[str, A
             _shape(shapes, "roberta.embeddings.position_embeddings.weight", source, "text encoder")[0]
         ),
         "type_vocab_size": int(_shape(shapes, "roberta.embeddings.token_type_embeddings.weight", source, "text encoder")[0]),
-        "project_dim": int(_shape(shapes, "transformation.weight", source, "text encoder")[0]),
+        # m18 never applies `transformation` (every writer keeps it); its own projection has the same width.
+        "project_dim": int(_shape(shapes, projection, source, "text encoder")[0]),
     }
     if "transformation_pre.weight" in shapes:
         config["has_pre_transformation"] = True

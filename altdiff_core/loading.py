@@ -26,7 +26,7 @@ from .components import VAE, DiffusionModel, LoadedModel, TextEncoder, parameter
 from .cpu_kernels import use_cpu_kernels
 from .errors import ModelFormatError, ModelNotFoundError, NotAltDiffusionError
 from .schedules import DiscreteSchedule
-from .text_encoder import IGNORED_KEY_PREFIXES, AltTextEncoder, xlmr_config
+from .text_encoder import AltTextEncoder, ignored_key_prefixes, xlmr_config
 from .tokenizer import XLMRTokenizer
 from .variants import Variant, detect_variant
 from .weights import build_empty, find_weight_file, load_into, read_state_dict
@@ -127,10 +127,16 @@ def build_text_encoder(
     dtype: torch.dtype,
     variant: Variant | None = None,
 ) -> TextEncoder:
-    """The text encoder from a ``text_encoder/config.json`` dict and its diffusers-named weights
-    (``roberta.*``, ``transformation.*``, ``pre_LN.*``, m18 ``transformation_pre.*``).
+    """The text encoder from a ``text_encoder/config.json`` dict and its diffusers-named weights: ``roberta.*`` and
+    the head layers the variant applies (m2/m9 ``transformation.*``, m18 ``pre_LN.*`` and ``transformation_pre.*``),
+    all required; the others (m2/m9 ``pre_LN.*``, m18 ``transformation.*``), ``roberta.pooler.*`` and
+    ``roberta.embeddings.position_ids`` are never used and may be there or not, as each writer left them.
 
     ``variant`` None: told from the config and the tokenizer's ``model_max_length`` (``detect_variant``).
+
+    Raises:
+        ModelFormatError: a weight the variant uses is missing or of the wrong shape (naming it and ``source``), or
+            the tokenizer has more ids than the embeddings.
     """
     config = xlmr_config(config_dict)
     if variant is None:
@@ -145,8 +151,15 @@ def build_text_encoder(
             f"{config.vocab_size}; the tokenizer belongs to another model. Use the tokenizer folder of the same model."
         )
     module = build_empty(lambda: AltTextEncoder(config, variant))
+    head_missing = sorted(k for k in module.state_dict() if not k.startswith("roberta.") and k not in state_dict)
+    if head_missing:
+        raise ModelFormatError(
+            f"text encoder weights in {source} have no {', '.join(head_missing)}, which {variant.name} applies "
+            f"({' then '.join(variant.head_layers)}) to make the UNet's conditioning. The file is incomplete, or it "
+            f"is not {variant.name} and its config says otherwise; download the model again."
+        )
     use_cpu_kernels(module)
-    load_into(module, state_dict, source, IGNORED_KEY_PREFIXES, dtype=dtype, device=device)
+    load_into(module, state_dict, source, ignored_key_prefixes(variant), dtype=dtype, device=device)
     return TextEncoder(module, tokenizer, variant, torch.device(device), dtype, source)
 
 

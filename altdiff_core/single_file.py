@@ -9,6 +9,9 @@ One file holds the three models under their LDM names:
 | ``cond_stage_model.`` + ``roberta.*``, ``transformation.*``, ``pre_LN.*``, | text encoder | prefix removed               |
 | m18 also ``transformation_pre.*``                                      |              |                              |
 
+The text encoder needs only the head layers its variant applies (``text_encoder.py``): ``cond_stage_model.pre_LN.*``,
+which A1111's m2/m9 files carry and files converted from a diffusers save lack, is optional for m2/m9.
+
 ``.safetensors`` is memory-mapped; ``.ckpt`` is read only through ``torch.load(weights_only=True)`` and refused when that
 fails (a file holding Python objects is never unpickled). Everything else in the file (``betas``, ``model_ema.*``, …)
 is ignored, except that ``betas``, when present, must be Stable Diffusion's schedule, the one sampled here.

@@ -1,15 +1,24 @@
 """AltDiffusion's text encoder: XLM-RoBERTa large plus the projection head the UNet was trained on.
 
 The module keeps the state-dict names of diffusers' ``RobertaSeriesModelWithTransformation`` (and so of
-the BAAI ``text_encoder`` folders): ``roberta.*``, ``transformation.*``, ``pre_LN.*`` and, for m18,
-``transformation_pre.*``. Real m2/m9 weights carry ``pre_LN`` too, although m2/m9 never use it; we load it
-so a checkpoint's keys match exactly.
+the BAAI ``text_encoder`` folders): ``roberta.*``, then the head layers ``transformation.*`` (m2/m9) or
+``pre_LN.*`` and ``transformation_pre.*`` (m18).
+
+It builds only the head layers its variant applies (``Variant.head_layers``), and a file must hold exactly their
+weights; the head layers a variant never applies are optional, because writers disagree about them. BAAI's m2/m9
+files and A1111/LDM single files carry a ``pre_LN`` that m2/m9 never use; diffusers builds ``pre_LN`` only when
+``has_pre_transformation`` is set, so an m2/m9 text encoder it saves (``save_pretrained``, fine-tune and DreamBooth
+scripts) has none; every writer keeps m18's unused ``transformation``. ``roberta.pooler.*`` and
+``roberta.embeddings.position_ids`` likewise come and go between writers and transformers versions
+(``ignored_key_prefixes``).
 
 Output: ``[B, 77, context_dim]`` in the module's dtype — for m2/m9 ``transformation(h[-1])``, for m18
 ``transformation_pre(pre_LN(h[-2]))``, where ``h`` are XLM-R's hidden states with the attention mask applied.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,7 +27,22 @@ from transformers import XLMRobertaConfig, XLMRobertaModel
 from .variants import Variant
 
 IGNORED_KEY_PREFIXES = ("roberta.pooler.", "logit_scale", "roberta.embeddings.position_ids")
-"""Keys found in real checkpoints that the conditioning never uses."""
+"""Keys found in real checkpoints that no variant's conditioning uses (present or not, depending on the writer)."""
+
+HEAD_LAYERS: dict[str, Callable[[XLMRobertaConfig], nn.Module]] = {
+    "transformation": lambda config: nn.Linear(config.hidden_size, config.project_dim),
+    "pre_LN": lambda config: nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+    "transformation_pre": lambda config: nn.Linear(config.hidden_size, config.project_dim),
+}
+"""Every head layer of ``RobertaSeriesModelWithTransformation`` (its attribute names) → how to build it from the
+config: ``[..., hidden_size]`` → ``[..., project_dim]`` for the Linears, ``[..., hidden_size]`` for the LayerNorm."""
+
+
+def ignored_key_prefixes(variant: Variant) -> tuple[str, ...]:
+    """Key prefixes a text-encoder file may or may not hold for ``variant``: ``IGNORED_KEY_PREFIXES`` and the head
+    layers the variant never applies (m2/m9: ``pre_LN.``, ``transformation_pre.``; m18: ``transformation.``)."""
+    unused = tuple(f"{name}." for name in HEAD_LAYERS if name not in variant.head_layers)
+    return IGNORED_KEY_PREFIXES + unused
 
 
 class AltTextEncoder(nn.Module):
@@ -26,7 +50,8 @@ class AltTextEncoder(nn.Module):
 
     Args:
         config: the XLM-R configuration (``text_encoder/config.json``); ``project_dim`` is the output width.
-        variant: the model variant, which picks the hidden layer and the head.
+        variant: the model variant, which picks the hidden layer and the head layers built
+            (``Variant.head_layers``).
     """
 
     def __init__(self, config: XLMRobertaConfig, variant: Variant):
@@ -34,10 +59,8 @@ class AltTextEncoder(nn.Module):
         self.variant = variant
         self.config = config
         self.roberta = XLMRobertaModel(config, add_pooling_layer=False)
-        self.transformation = nn.Linear(config.hidden_size, config.project_dim)
-        self.pre_LN = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        if variant.projection == "transformation_pre":
-            self.transformation_pre = nn.Linear(config.hidden_size, config.project_dim)
+        for name in variant.head_layers:  # only what the variant applies: the others' weights are optional on disk
+            self.add_module(name, HEAD_LAYERS[name](config))
 
     @property
     def context_dim(self) -> int:

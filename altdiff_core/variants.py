@@ -38,6 +38,12 @@ class Variant:
     unet_family: str
     languages: tuple[str, ...]
 
+    @property
+    def head_layers(self) -> tuple[str, ...]:
+        """Names of the head's layers this variant applies, in order (m2/m9 ``("transformation",)``, m18
+        ``("pre_LN", "transformation_pre")``): the text encoder builds these and needs their weights, and no others."""
+        return (("pre_LN",) if self.pre_layer_norm else ()) + (self.projection,)
+
 
 VARIANTS: dict[str, Variant] = {
     "m2": Variant("m2", 768, -1, False, "transformation", "SD1", ("en", "zh")),

@@ -13,6 +13,11 @@ BAAI/AltDiffusion-m18; see docs/altdiffusion.md), not what ``save_pretrained`` w
 - ``weights="bin"`` writes pickled state dicts (plain dicts of tensors) and the VAE with pre-0.14 attention key names
   (``query``/``key``/``value``/``proj_attn``).
 
+``text_encoder=TextEncoderLayout(writer="diffusers", …)`` writes the text encoder as diffusers saves it instead
+(``RobertaSeriesModelWithTransformation.save_pretrained``, as fine-tune and DreamBooth scripts and
+``AltDiffusionPipeline.save_pretrained`` do: no ``pre_LN`` for m2/m9, no ``position_ids``), with the
+``model_index.json`` such a pipeline save writes; its other fields add or leave out the keys writers disagree about.
+
 Weights are random (seeded) and every architecture is shrunk for ``size="tiny"``; the output widths that the UNet
 sees (768 for m2/m9, 1024 for m18) stay real. ``size="full"`` builds the real architectures for benchmarks.
 The tokenizer is a ~1,000-piece XLM-R-style sentencepiece model trained offline on ``LANGUAGE_SAMPLES``.
@@ -192,6 +197,51 @@ _MASK_TOKEN: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class TextEncoderLayout:
+    """Who wrote ``text_encoder/`` and which of the keys that writers disagree about its weights hold.
+
+    Attributes:
+        writer: "baai" — as the BAAI Hub repos have it (transformers 4.24 config key set, a trained-like random
+            ``pre_LN`` for every variant, ``position_ids`` saved); "diffusers" — what diffusers'
+            ``RobertaSeriesModelWithTransformation(...).save_pretrained(...)`` writes (transformers 5 config, ``pre_LN``
+            only for m18, no ``position_ids``). For ``weights="bin"`` the same state dict is pickled to
+            ``pytorch_model.bin``, as transformers 4's ``save_pretrained(safe_serialization=False)`` wrote it
+            (transformers 5 writes safetensors only).
+        pre_ln: None = the writer's own choice; True = add the ``pre_LN`` the BAAI layout has; False = leave it out.
+        pooler: keep ``roberta.pooler.*`` (both writers save it; conversion scripts may drop it).
+        position_ids: None = the writer's own choice (BAAI yes; diffusers no: transformers made it non-persistent in
+            4.31); True = saved, as transformers < 4.31 did; False = left out.
+        drop: more key prefixes to leave out (for files missing weights a variant uses, which must be refused).
+    """
+
+    writer: str = "baai"
+    pre_ln: bool | None = None
+    pooler: bool = True
+    position_ids: bool | None = None
+    drop: tuple[str, ...] = ()
+
+    def apply(
+        self, state_dict: dict[str, torch.Tensor], pre_ln: dict[str, torch.Tensor], max_positions: int
+    ) -> dict[str, torch.Tensor]:
+        """`state_dict` as the writer saved it, with the optional keys added or left out as this layout says."""
+        out = dict(state_dict)
+        if self.pre_ln:
+            out.update(pre_ln)
+        if self.pre_ln is False:
+            out = {k: v for k, v in out.items() if not k.startswith("pre_LN.")}
+        if self.position_ids:
+            out[POSITION_IDS_KEY] = torch.arange(max_positions).unsqueeze(0)
+        if self.position_ids is False:
+            out.pop(POSITION_IDS_KEY, None)
+        drop = self.drop + (() if self.pooler else ("roberta.pooler.",))
+        return {k: v for k, v in out.items() if not k.startswith(drop)}
+
+
+POSITION_IDS_KEY = "roberta.embeddings.position_ids"
+TEXT_ENCODER_WRITERS = ("baai", "diffusers")
+
+
+@dataclass(frozen=True)
 class VariantSpec:
     """What differs between the three AltDiffusion releases on disk."""
 
@@ -342,6 +392,23 @@ ALT_DIFFUSION_MODEL_INDEX: dict[str, Any] = {
     "unet": ["diffusers", "UNet2DConditionModel"],
     "vae": ["diffusers", "AutoencoderKL"],
 }
+
+#: model_index.json as ``AltDiffusionPipeline(..., safety_checker=None, feature_extractor=CLIPImageProcessor(),
+#: requires_safety_checker=False).save_pretrained`` writes it (diffusers 0.42.1; ``tests/test_text_encoder_layouts.py``
+#: compares it with a real save).
+DIFFUSERS_SAVED_MODEL_INDEX: dict[str, Any] = {
+    "_class_name": "AltDiffusionPipeline",
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "image_encoder": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["diffusers", "RobertaSeriesModelWithTransformation"],
+    "tokenizer": ["transformers", "XLMRobertaTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+DIFFUSERS_SAVE_VERSION = "0.42.1"
 
 SD_CLIP_MODEL_INDEX: dict[str, Any] = {
     **ALT_DIFFUSION_MODEL_INDEX,
@@ -506,8 +573,15 @@ def write_altdiffusion_folder(
     dtype: torch.dtype = torch.float32,
     unet_size: str | None = None,
     unet_file: Path | None = None,
+    text_encoder: TextEncoderLayout = TextEncoderLayout(),
 ) -> Path:
     """Write a random AltDiffusion diffusers folder laid out like the BAAI repo of `variant`; returns `dest`.
+
+    `text_encoder` says who wrote the text encoder and which optional keys it holds (``TextEncoderLayout``); with
+    ``writer="diffusers"`` the folder is laid out as ``AltDiffusionPipeline.save_pretrained`` lays it out
+    (its ``model_index.json``, no ``safety_checker/``), except that the tokenizer stays the sentencepiece folder
+    transformers 4 saved (transformers 5 saves only a ``tokenizer.json``). The weights the two writers share are
+    equal for equal `seed`.
 
     `weights` is "safetensors" or "bin" (pickled plain dicts, old VAE attention key names). The same `seed` gives the
     same weights whatever `weights` and `dtype` say (before the cast to `dtype`).
@@ -526,13 +600,18 @@ def write_altdiffusion_folder(
     _lookup(TEXT_ENCODER_SIZES, unet_size, "unet_size")
     if unet_file is not None and weights != "safetensors":
         raise ValueError(f"unet_file is a .safetensors file; it can't stand in for weights={weights!r}")
+    if text_encoder.writer not in TEXT_ENCODER_WRITERS:
+        raise ValueError(f"unknown text encoder writer {text_encoder.writer!r}; expected one of {TEXT_ENCODER_WRITERS}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    _write_json(dest / "model_index.json", {**ALT_DIFFUSION_MODEL_INDEX, "_diffusers_version": spec.diffusers_version})
-    _write_garbage_components(dest)
+    if text_encoder.writer == "diffusers":
+        _write_json(dest / "model_index.json", {**DIFFUSERS_SAVED_MODEL_INDEX, "_diffusers_version": DIFFUSERS_SAVE_VERSION})
+    else:
+        _write_json(dest / "model_index.json", {**ALT_DIFFUSION_MODEL_INDEX, "_diffusers_version": spec.diffusers_version})
+        _write_garbage_components(dest)
     _write_json(dest / "scheduler" / "scheduler_config.json", {**SCHEDULER_CONFIG, "_diffusers_version": spec.diffusers_version})
     write_tokenizer(dest / "tokenizer", model_max_length=spec.tokenizer_max_length)
-    _write_roberta_text_encoder(dest / "text_encoder", variant, size, weights, seed, dtype)
+    _write_roberta_text_encoder(dest / "text_encoder", variant, size, weights, seed, dtype, text_encoder)
     if unet_file is None:
         _write_unet(dest / "unet", spec.unet_family, unet_size, spec.diffusers_version, weights, seed, dtype)
     else:
@@ -573,7 +652,9 @@ def text_encoder_config(variant: str, size: str = "tiny", dtype: torch.dtype = t
     return dict(sorted(config.items()))
 
 
-def _write_roberta_text_encoder(dest: Path, variant: str, size: str, weights: str, seed: int, dtype: torch.dtype) -> None:
+def _write_roberta_text_encoder(
+    dest: Path, variant: str, size: str, weights: str, seed: int, dtype: torch.dtype, layout: TextEncoderLayout
+) -> None:
     from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
         RobertaSeriesConfig,
         RobertaSeriesModelWithTransformation,
@@ -587,16 +668,28 @@ def _write_roberta_text_encoder(dest: Path, variant: str, size: str, weights: st
     }
     with _seeded(seed, "text_encoder"):
         model = RobertaSeriesModelWithTransformation(RobertaSeriesConfig(**model_kwargs))
-    state_dict = dict(model.state_dict())
     hidden = config["hidden_size"]
     # The real checkpoints carry a trained pre_LN for every variant (diffusers only builds it for m18); random values,
     # not the identity, so that a loader that skips it (m18) or applies it (m2/m9) is caught by a test.
     with _seeded(seed, "pre_ln"):
-        state_dict["pre_LN.weight"] = 1.0 + 0.1 * torch.randn(hidden)
-        state_dict["pre_LN.bias"] = 0.1 * torch.randn(hidden)
-    # transformers 4.24 saved position_ids as a persistent buffer.
-    state_dict["roberta.embeddings.position_ids"] = torch.arange(config["max_position_embeddings"]).unsqueeze(0)
-    _write_json(dest / "config.json", config)
+        pre_ln = {"pre_LN.weight": 1.0 + 0.1 * torch.randn(hidden), "pre_LN.bias": 0.1 * torch.randn(hidden)}
+    max_positions = config["max_position_embeddings"]
+    if layout.writer == "diffusers":
+        if model.has_pre_transformation:  # a trained m18 saved by diffusers: its pre_LN is the trained one
+            model.pre_LN.load_state_dict({name.removeprefix("pre_LN."): t for name, t in pre_ln.items()})
+        model.to(dtype).save_pretrained(dest)  # config.json + model.safetensors, exactly as diffusers writes them
+        saved_file = dest / WEIGHT_FILES["safetensors"][0]
+        saved = safetensors.torch.load_file(str(saved_file))
+        state_dict = layout.apply(saved, pre_ln, max_positions)
+        if weights == "safetensors" and state_dict.keys() == saved.keys():
+            return  # the file save_pretrained wrote, untouched
+        saved_file.unlink()
+    else:
+        state_dict = {**model.state_dict(), **pre_ln}
+        # transformers 4.24 saved position_ids as a persistent buffer.
+        state_dict[POSITION_IDS_KEY] = torch.arange(max_positions).unsqueeze(0)
+        state_dict = layout.apply(state_dict, pre_ln, max_positions)
+        _write_json(dest / "config.json", config)
     _save_state_dict(state_dict, dest / WEIGHT_FILES[weights][0], weights, dtype)
 
 

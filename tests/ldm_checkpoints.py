@@ -6,6 +6,9 @@ follows diffusers' own ``scripts/convert_diffusers_to_original_stable_diffusion.
 levels and layers per block, so that the tiny test models convert too. Text encoder keys get ``cond_stage_model.``
 in front, as A1111's AltDiffusion files have them.
 
+Real files differ in the text encoder's optional keys: A1111's m2/m9 files carry ``cond_stage_model.pre_LN.*``, a file
+converted from a diffusers save (``factories.TextEncoderLayout(writer="diffusers")``) has none; ``drop`` leaves out more.
+
 A single file carries no tokenizer and its UNet/VAE/text-encoder configs can only be inferred from shapes for the
 real-size models, so ``companion=True`` also writes ``<stem>/tokenizer/`` and ``<stem>/{unet,vae,text_encoder}/config.json``
 next to the file (the layout the loader documents for such files).
@@ -137,8 +140,9 @@ def _config(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
 
-def ldm_state_dict(folder: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """All weights of the diffusers ``folder`` under their LDM names, plus the usual LDM extras."""
+def ldm_state_dict(folder: Path, dtype: torch.dtype | None = None, drop: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """All weights of the diffusers ``folder`` under their LDM names, plus the usual LDM extras, less the keys that
+    start with one of ``drop`` (LDM names, e.g. ``"cond_stage_model.pre_LN."``)."""
     folder = Path(folder)
     converters = {
         "unet": lambda sd: unet_to_ldm(sd, _config(folder / "unet")),
@@ -156,7 +160,7 @@ def ldm_state_dict(folder: Path, dtype: torch.dtype | None = None) -> dict[str, 
     out["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
     if dtype is not None:
         out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
-    return out
+    return {k: v for k, v in out.items() if not (drop and k.startswith(drop))}
 
 
 def write_ldm_checkpoint(
@@ -166,15 +170,18 @@ def write_ldm_checkpoint(
     companion: bool = True,
     tokenizer: bool = True,
     dtype: torch.dtype | None = None,
+    drop: tuple[str, ...] = (),
 ) -> Path:
     """The diffusers ``folder`` as one LDM checkpoint ``dest`` (``.safetensors``, or ``.ckpt`` = a zip pickle holding
     ``{"state_dict": …, "global_step": 0}`` as Lightning writes it); returns ``dest``.
 
-    ``companion``: also write ``<stem>/{unet,vae,text_encoder}/config.json``; ``tokenizer``: also ``<stem>/tokenizer/``.
+    ``companion``: also write ``<stem>/{unet,vae,text_encoder}/config.json``; ``tokenizer``: also ``<stem>/tokenizer/``;
+    ``drop``: LDM key prefixes to leave out (e.g. ``("cond_stage_model.pre_LN.",)``, as files converted from a
+    diffusers m2/m9 save have it).
     """
     folder, dest = Path(folder), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in ldm_state_dict(folder, dtype).items()}
+    state = {k: v.contiguous() for k, v in ldm_state_dict(folder, dtype, drop).items()}
     if dest.suffix == ".safetensors":
         safetensors.torch.save_file(state, str(dest), metadata={"format": "pt"})
     else:
