@@ -2,7 +2,8 @@
 
 The same measurement as ``tests/test_ksampler_parity.py`` (same UNet file on both sides, same CONDITIONING, latent,
 seed, steps, cfg; fp32 on the CPU; max abs diff of the final raw latents), for all pairs instead of CI's two slices.
-One graph per sampler holds a KSampler + AltDiffusionSampler pair for every scheduler.
+One graph per sampler holds a KSampler + AltDiffusionSampler pair for every scheduler, and KSampler once more on the
+test node ``TestModelInOtherOrder`` (the tests' yardstick: the same model with oneDNN off).
 
 Usage (from the pack's folder, in the test venv)::
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from test_ksampler_parity import (  # noqa: E402
     PARITY_SCHEDULERS,
     STEPS,
     add_pair,
+    add_reordered,
     parity_base,
 )
 
@@ -50,19 +53,24 @@ MODELS = {"model": "AltDiffusion-m9-fullunet", "unet": "altdiffusion_m9_unet.saf
 def measure(server: ComfyServer, sampler: str, schedulers: list[str], steps: int, seed: int, cfg: float) -> list[dict]:
     """One graph: a KSampler/ours pair per scheduler; one row per pair."""
     graph = parity_base(MODELS)
-    saves = {s: add_pair(graph, str(i), ("E", 0), sampler, s, steps=steps, seed=seed, cfg=cfg) for i, s in enumerate(schedulers)}
+    saves = {
+        s: (*add_pair(graph, str(i), ("E", 0), sampler, s, steps=steps, seed=seed, cfg=cfg), add_reordered(graph, str(i)))
+        for i, s in enumerate(schedulers)
+    }
     started = time.monotonic()
     result = run_ok(server, graph, timeout=3600)
     seconds = time.monotonic() - started
     rows = []
-    for scheduler, (theirs, ours) in saves.items():
+    for scheduler, (theirs, ours, reordered) in saves.items():
         (a,) = latents_of(server, result, theirs)
         (b,) = latents_of(server, result, ours)
+        (c,) = latents_of(server, result, reordered)
         rows.append(
             {
                 "sampler": sampler,
                 "scheduler": scheduler,
                 "max_abs_diff": (a - b).abs().max().item(),
+                "ksampler_vs_reordered": (a - c).abs().max().item(),
                 "ksampler_max_abs": a.abs().max().item(),
                 "ksampler_std": a.std().item(),
             }
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     write_models(base)
     paths = {name: [base / name] for name in ("altdiffusion", "diffusion_models")}
     rows: list[dict] = []
+    (CACHE / "comfyui" / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "tests" / "comfy_test_nodes" / "altdiffusion_test_nodes.py", CACHE / "comfyui" / "custom_nodes")
     with ComfyServer(ROOT, CACHE / "comfyui", model_paths=paths) as server:
         for sampler in samplers:
             rows += measure(server, sampler, schedulers, args.steps, args.seed, args.cfg)

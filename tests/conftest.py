@@ -6,6 +6,7 @@ Heavy fixtures are session-scoped: each model folder is written once per test ru
 from __future__ import annotations
 
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -125,12 +126,16 @@ def parity_models() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def comfy(comfy_models, tmp_path_factory):
-    """A real ComfyUI 0.3.75 server (CPU) with this pack in custom_nodes and the test models on its paths.
+    """A real ComfyUI 0.3.75 server (CPU) with this pack in custom_nodes and the test models on its paths, plus the
+    test-only nodes of ``comfy_test_nodes/`` (``TestModelInOtherOrder``, the parity tests' rounding yardstick).
 
     Started with ``--preview-method latent2rgb`` (ComfyUI's default is none), so both KSampler and our samplers send
     preview frames, as they do for a user who turned previews on; a 64×64 preview costs next to nothing.
     """
     paths = {name: [comfy_models / name] for name in ("altdiffusion", "diffusion_models", "vae")}
     args = ("--preview-method", "latent2rgb")
-    with ComfyServer(ROOT, tmp_path_factory.mktemp("comfyui"), model_paths=paths, extra_args=args) as server:
+    work = tmp_path_factory.mktemp("comfyui")
+    (work / "custom_nodes").mkdir()
+    shutil.copy(TESTS / "comfy_test_nodes" / "altdiffusion_test_nodes.py", work / "custom_nodes")
+    with ComfyServer(ROOT, work, model_paths=paths, extra_args=args) as server:
         yield server

@@ -9,8 +9,10 @@ summation order of the CPU's kernels (AVX-512 or AVX2, MKL or oneDNN), so no fix
 The yardstick ``ref_error`` is the largest error, against the same reference run in float64, of four fp32 runs of the
 reference that differ only in summation order (oneDNN's convolutions on or off × the CFG batch in one UNet call or
 two). Ours is an fp32 run of the same math in yet another order, so its error must be of the same size: at most
-``ORDER_SPREAD`` (2) × ``ref_error``. Errors of different orders spread that much among themselves: the reference's
-own orders were up to 2.7× apart under AVX2 caps (1.1e-3 and 4.1e-4 for one case). ``test_bounds_catch_wrong_results``
+``ORDER_SPREAD`` (2.5) × ``ref_error``. Errors of different orders spread among themselves (the reference's own orders
+were up to 2.7× apart under AVX2 caps: 1.1e-3 and 4.1e-4 for one case); against the largest of the four, ours
+measured 0.73–1.28× on an AVX512-BF16 EPYC and 0.93–1.70× under AVX2 caps, and the factor leaves ~1.5× room beyond
+that for other CPUs' kernels. ``test_bounds_catch_wrong_results``
 shows the bound failing a result with one deliberate error (cfg off by 0.5, the σ schedule one step off).
 """
 
@@ -74,7 +76,7 @@ def ref_m9_f64(m9_folder):
     return ref
 
 
-ORDER_SPREAD = 2.0
+ORDER_SPREAD = 2.5
 """How far apart the float64 errors of fp32 runs in different summation orders may be (see the module docstring)."""
 
 
