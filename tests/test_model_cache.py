@@ -1,10 +1,13 @@
 """The loader's model cache: the same unchanged files give the same loaded modules; changed files are read again;
-a failed load leaves nothing behind; at most ``capacity`` models are held."""
+a failed load leaves nothing behind; at most ``capacity`` models are held; a switch of model gives the C heap's free
+memory back to the system."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -121,3 +124,62 @@ def test_is_changed_follows_the_files(pack, m9_folder, tmp_path, monkeypatch):
     os.utime(config, ns=(0, config.stat().st_mtime_ns + 1_000_000))
     assert node.IS_CHANGED("m9", "auto") != before
     assert node.IS_CHANGED("nowhere", "auto") == "nowhere"  # unresolvable: validation reports it, not IS_CHANGED
+
+
+def test_a_switch_of_model_gives_the_free_heap_back(
+    pack, fresh_cache, cache_module, m9_folder, m18_folder, tmp_path, monkeypatch
+):
+    """Issue 14 part 6: every load (a switch m9 → m18, a failed load) ends with ``release_free_memory``; a cache hit
+    does not pay for it. Without it a server alternating two models kept GBs of freed weights resident."""
+    calls = []
+    monkeypatch.setattr(cache_module, "release_free_memory", lambda: calls.append(len(fresh_cache)) or True)
+    first = load(pack, m9_folder)
+    assert calls == [0]  # after the load, before the model is stored: the dropped one is already gone
+    assert load(pack, m9_folder)[0] is first[0] and calls == [0]
+    load(pack, m18_folder)
+    assert calls == [0, 0]
+    broken = tmp_path / "m9"
+    shutil.copytree(m9_folder, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(pack.altdiff_core.ModelFormatError):
+        load(pack, broken)
+    assert calls == [0, 0, 0]  # a failed load's scratch is given back too
+    fresh_cache.clear()
+    assert len(calls) == 4
+
+
+TRIM_SCRIPT = """
+import importlib.util, sys
+import torch
+
+spec = importlib.util.spec_from_file_location("model_cache", sys.argv[1])
+model_cache = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(model_cache)
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+torch.empty(4 * 2**20)  # 16 MB, mmapped, freed at once: glibc raises its mmap threshold to 16 MB (as for a dropped model)
+weights = [torch.ones(2**18) for _ in range(400)]  # 400 MB of 1 MB tensors, now in glibc's heap
+pinned = torch.ones(2**16)  # 256 KB from the heap's top, kept: the free memory below it can't shrink on its own
+before = rss_mb()
+del weights
+freed = rss_mb()
+released = model_cache.release_free_memory()
+print(before, freed, rss_mb(), released)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's heap and /proc: Linux only")
+def test_release_free_memory_returns_what_glibc_keeps(cache_module):
+    """The mechanism behind issue 14 part 6, in a fresh process: 400 MB of 1 MB tensors freed below a live one stay
+    resident (glibc keeps them for reuse); ``release_free_memory`` gives them back."""
+    if cache_module._MALLOC_TRIM is None:
+        pytest.skip("no malloc_trim in this C library (not glibc)")
+    command = [sys.executable, "-c", TRIM_SCRIPT, cache_module.__file__]
+    before, freed, after, released = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    before, freed, after = float(before), float(freed), float(after)
+    assert freed > before - 100, (before, freed)  # freed, yet still resident
+    assert released == "True" and after < freed - 300, (before, freed, after)

@@ -10,8 +10,9 @@ never answers for the sampler, and the second process's prompts follow other pro
 The server runs with one OpenMP thread: on a 2-core machine shared with other processes, OpenMP's spin-waiting made a
 two-thread step of the tiny UNet about 30× slower (0.7 s instead of 0.02 s; the references took 163 s instead of 6 s).
 
-A test-only node (``AltDiffusionSoakProbe``, written into this server's ``custom_nodes``) counts the AltDiffusion models
-alive in the server process, so "at most one loaded copy" is checked in the process, not guessed from outside.
+A test-only node (``AltDiffusionTestProbe`` of ``comfy_test_nodes/``, copied into this server's ``custom_nodes``)
+counts the AltDiffusion models alive in the server process, so "at most one loaded copy" is checked in the process,
+not guessed from outside.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from factories import WEIGHT_FILES, write_altdiffusion_folder
 from test_comfyui import encode, latents_of, loads_in, sampler, save_image, save_latent
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes" / "altdiffusion_test_nodes.py"
 logger = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.comfyui
@@ -92,42 +94,6 @@ FAULT_BASE = COMBOS[0]
 EXTRA = {"swapped": replace(FAULT_BASE, model=SWAPPED), "as-m18": replace(FAULT_BASE, model=M18), "long": LONG}
 """Reference-only prompts: the fault test's prompt on the models its folder turns into, and the uninterrupted LONG."""
 
-PROBE_NODE = '''"""Test-only node written by tests/test_soak.py: counts the AltDiffusion models alive in this process."""
-
-import gc
-import json
-
-
-class AltDiffusionSoakProbe:
-    CATEGORY = "testing"
-    FUNCTION = "probe"
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"nonce": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
-
-    def probe(self, nonce):
-        import comfy.model_management
-
-        gc.collect()
-        counts = {"pack_models": 0, "UNet2DConditionModel": 0, "AutoencoderKL": 0, "AltTextEncoder": 0,
-                  "ModelPatcher": 0}
-        for obj in gc.get_objects():
-            kind = type(obj)
-            if kind.__name__ == "LoadedModel" and "altdiff_core" in kind.__module__:
-                counts["pack_models"] += 1
-            elif kind.__name__ in counts:
-                counts[kind.__name__] += 1
-        counts["comfy_loaded_models"] = len(comfy.model_management.current_loaded_models)
-        return {"ui": {"text": [json.dumps(counts)]}}
-
-
-NODE_CLASS_MAPPINGS = {"AltDiffusionSoakProbe": AltDiffusionSoakProbe}
-'''
-
-
 # ----------------------------------------------------------------------------------------------- graphs and outputs
 
 
@@ -177,7 +143,7 @@ def run_combo(server: ComfyServer, combo: Combo, timeout: float = 120) -> Output
 
 
 def probe(server: ComfyServer, nonce: int) -> dict:
-    result = server.run({"Q": {"class_type": "AltDiffusionSoakProbe", "inputs": {"nonce": nonce}}}, timeout=60)
+    result = server.run({"Q": {"class_type": "AltDiffusionTestProbe", "inputs": {"nonce": nonce, "collect": True}}}, timeout=60)
     assert result.status_str == "success", (result.error, server.log_tail())
     return json.loads(result.outputs["Q"]["text"][0])
 
@@ -219,7 +185,7 @@ def soak(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("soak_comfyui")
     (work / "custom_nodes").mkdir()
-    (work / "custom_nodes" / "altdiffusion_soak_probe.py").write_text(PROBE_NODE, encoding="utf-8")
+    shutil.copy(TEST_NODES, work / "custom_nodes")
     server = ComfyServer(ROOT, work, model_paths={"altdiffusion": [models]}, env=SERVER_ENV)
     with server:
         rng = np.random.default_rng(3)

@@ -1,4 +1,7 @@
-"""Test-only ComfyUI nodes, copied into the test server's ``custom_nodes`` by ``tests/conftest.py`` (never shipped).
+"""Test-only ComfyUI nodes, copied into a test or benchmark server's ``custom_nodes`` (never shipped).
+
+``AltDiffusionTestProbe``: what holds memory in the server process (``tests/test_soak.py``,
+``bench/alternating_memory.py``).
 
 ``TestModelInOtherOrder``: the same MODEL computing every UNet call with oneDNN switched off, so ATen's own CPU
 convolutions run instead of oneDNN's: the same math in another fp32 summation order. KSampler on it against KSampler
@@ -6,7 +9,68 @@ on the model as loaded measures, in the same run, how far two fp32 orders of Com
 through a given sampler run: the yardstick of ``tests/test_ksampler_parity.py``'s server tier.
 """
 
+import ctypes
+import gc
+import json
+
 import torch
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def mallinfo2() -> dict:
+    """glibc's heap statistics (glibc ≥ 2.33), in bytes; {} elsewhere."""
+    try:
+        function = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    function.restype = _MallInfo2
+    info = function()
+    return {name: getattr(info, name) for name in ("arena", "hblkhd", "uordblks", "fordblks", "keepcost")}
+
+
+class AltDiffusionTestProbe:
+    """Counts, in this process: the pack's loaded models, their modules, ModelPatchers, ComfyUI's loaded models, the
+    UNets' weight bytes, uncollectable garbage, and glibc's heap statistics (``malloc_*``)."""
+
+    CATEGORY = "testing"
+    FUNCTION = "probe"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "nonce": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "collect": ("BOOLEAN", {"default": True, "tooltip": "gc.collect() first (off: see what garbage holds)"}),
+            }
+        }
+
+    def probe(self, nonce, collect):
+        import comfy.model_management
+
+        if collect:
+            gc.collect()
+        counts = {"pack_models": 0, "UNet2DConditionModel": 0, "AutoencoderKL": 0, "AltTextEncoder": 0,
+                  "ModelPatcher": 0}  # fmt: skip
+        unets = []
+        for obj in gc.get_objects():
+            kind = type(obj)
+            if kind.__name__ == "LoadedModel" and "altdiff_core" in kind.__module__:
+                counts["pack_models"] += 1
+            elif kind.__name__ in counts:
+                counts[kind.__name__] += 1
+                if kind.__name__ == "UNet2DConditionModel":
+                    unets.append(obj)
+        counts["unet_weight_bytes"] = sum(t.nbytes for u in unets for t in (*u.parameters(), *u.buffers()))
+        counts["comfy_loaded_models"] = len(comfy.model_management.current_loaded_models)
+        counts["gc_garbage"] = len(gc.garbage)
+        counts.update({f"malloc_{k}": v for k, v in mallinfo2().items()})
+        return {"ui": {"text": [json.dumps(counts)]}}
 
 
 class TestModelInOtherOrder:
@@ -30,4 +94,4 @@ class TestModelInOtherOrder:
         return (reordered,)
 
 
-NODE_CLASS_MAPPINGS = {"TestModelInOtherOrder": TestModelInOtherOrder}
+NODE_CLASS_MAPPINGS = {"AltDiffusionTestProbe": AltDiffusionTestProbe, "TestModelInOtherOrder": TestModelInOtherOrder}
