@@ -87,8 +87,7 @@ def onednn_linear_op(dtype: torch.dtype = torch.float32) -> Callable[..., torch.
     try:
         op = torch.ops.mkldnn._linear_pointwise
         # Small integers: exact in every ONEDNN_DTYPES member, so the probe compares for equality.
-        x, weight, bias = (torch.ones(2, 3), torch.arange(12.0).reshape(4, 3), torch.ones(4))
-        x, weight, bias = (t.to(dtype) for t in (x, weight, bias))
+        x, weight, bias = (t.to(dtype) for t in (torch.ones(2, 3), torch.arange(12.0).reshape(4, 3), torch.ones(4)))
         works = torch.equal(op(x, weight, bias, "none", [], ""), F.linear(x, weight, bias))
     except (AttributeError, RuntimeError, TypeError) as err:  # missing op, another signature, no kernel for dtype
         logger.info("oneDNN linear not usable for %s in torch %s (%s); using F.linear", dtype, torch.__version__, err)

@@ -38,21 +38,13 @@ def cpu_has_bf16_instructions() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
-def onednn_builds_bf16() -> bool:
-    """oneDNN, as capped for this process (``ONEDNN_MAX_CPU_ISA``), has bf16 kernels. Private op, hence the guard."""
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(probe()) if probe is not None else True  # no such probe: the linear probe below still decides
-    except RuntimeError:
-        return False
-
-
 @functools.cache
 def cpu_bf16_is_fast() -> bool:
-    """bf16 runs natively on this CPU: bf16 instructions, oneDNN building bf16 kernels with them, and oneDNN's bf16
-    linear computing a probe correctly (``cpu_kernels.onednn_linear_op``). Elsewhere bf16 is emulated and slower than
-    fp32 (measured with ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX512-BF16 EPYC: a 1024² bf16 matmul 1,970 ms, fp32 14 ms)."""
-    fast = cpu_has_bf16_instructions() and onednn_builds_bf16() and onednn_linear_op(torch.bfloat16) is not None
+    """bf16 runs natively on this CPU: bf16 instructions, and oneDNN's bf16 linear computing a probe correctly
+    (``cpu_kernels.onednn_linear_op``; oneDNN capped below bf16, e.g. ``ONEDNN_MAX_CPU_ISA=AVX2``, fails it). Elsewhere
+    bf16 is emulated and slower than fp32 (measured with ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX512-BF16 EPYC: a 1024²
+    bf16 matmul 1,970 ms, fp32 14 ms)."""
+    fast = cpu_has_bf16_instructions() and onednn_linear_op(torch.bfloat16) is not None
     logger.debug("bf16 on this CPU: %s", "native" if fast else "emulated")
     return fast
 

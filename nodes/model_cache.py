@@ -11,6 +11,7 @@ server alternating two models otherwise kept gigabytes of freed weights and load
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -56,6 +57,7 @@ def _stat_key(stat: os.stat_result) -> tuple[int, int, int, int]:
     return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim`` (Linux), else None: musl, macOS and Windows have none, and nothing to trim this way."""
     if not sys.platform.startswith("linux"):
@@ -67,9 +69,6 @@ def _malloc_trim() -> Callable[[int], int] | None:
     function.argtypes = [ctypes.c_size_t]
     function.restype = ctypes.c_int
     return function
-
-
-_MALLOC_TRIM = _malloc_trim()
 
 
 def release_free_memory() -> bool:
@@ -84,10 +83,11 @@ def release_free_memory() -> bool:
     1.6 GiB UNet (``bench/alternating_memory.py``). ``malloc_trim`` hands every whole free page back (``madvise``),
     from all of glibc's heaps, not just the top of the main one. A no-op where there is no ``malloc_trim``.
     """
-    if _MALLOC_TRIM is None:
+    trim = _malloc_trim()  # looked up on first use: importing the pack loads no C library
+    if trim is None:
         return False
     started = time.perf_counter()
-    released = bool(_MALLOC_TRIM(0))
+    released = bool(trim(0))
     logger.debug("malloc_trim: %s in %.3f s", "memory released" if released else "nothing to release",
                  time.perf_counter() - started)  # fmt: skip
     return released
