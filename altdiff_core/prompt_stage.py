@@ -14,9 +14,9 @@ from .errors import InvalidInputError
 from .tokenizer import TokenWindows
 
 
-def check_layer(text_encoder: TextEncoder, layer: int) -> int:
-    """``layer`` if it names one of the encoder's transformer layers (-1 … -num_layers), else an error saying the range."""
-    deepest = text_encoder.module.num_layers
+def check_layer(deepest: int, layer: int) -> int:
+    """``layer`` if it names one of an encoder's ``deepest`` transformer layers (-1 … -deepest), else an error saying
+    the range."""
     if not -deepest <= layer <= -1:
         raise InvalidInputError(
             f"layer {layer} does not exist: this text encoder has {deepest} layers, so use -1 (last) to -{deepest}."

@@ -18,7 +18,7 @@ Output: ``[B, 77, context_dim]`` in the module's dtype — for m2/m9 ``transform
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,13 +29,17 @@ from .variants import Variant
 IGNORED_KEY_PREFIXES = ("roberta.pooler.", "logit_scale", "roberta.embeddings.position_ids")
 """Keys found in real checkpoints that no variant's conditioning uses (present or not, depending on the writer)."""
 
-HEAD_LAYERS: dict[str, Callable[[XLMRobertaConfig], nn.Module]] = {
-    "transformation": lambda config: nn.Linear(config.hidden_size, config.project_dim),
-    "pre_LN": lambda config: nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
-    "transformation_pre": lambda config: nn.Linear(config.hidden_size, config.project_dim),
-}
-"""Every head layer of ``RobertaSeriesModelWithTransformation`` (its attribute names) → how to build it from the
-config: ``[..., hidden_size]`` → ``[..., project_dim]`` for the Linears, ``[..., hidden_size]`` for the LayerNorm."""
+HEAD_LAYERS: dict[str, str] = {"transformation": "Linear", "pre_LN": "LayerNorm", "transformation_pre": "Linear"}
+"""Every head layer of ``RobertaSeriesModelWithTransformation`` (its attribute names) → its kind: a Linear maps
+``[..., hidden_size]`` → ``[..., project_dim]``, the LayerNorm keeps ``[..., hidden_size]``."""
+
+
+def build_head_layer(name: str, hidden_size: int, project_dim: int, eps: float, operations: Any = nn, **factory) -> nn.Module:
+    """Head layer ``name`` (a key of ``HEAD_LAYERS``) built from ``operations`` (``torch.nn``, or a host's namespace of
+    drop-in layer classes, e.g. ComfyUI's casting ops); ``factory`` = ``dtype``/``device`` keywords."""
+    if HEAD_LAYERS[name] == "LayerNorm":
+        return operations.LayerNorm(hidden_size, eps=eps, **factory)
+    return operations.Linear(hidden_size, project_dim, **factory)
 
 
 def ignored_key_prefixes(variant: Variant) -> tuple[str, ...]:
@@ -60,7 +64,7 @@ class AltTextEncoder(nn.Module):
         self.config = config
         self.roberta = XLMRobertaModel(config, add_pooling_layer=False)
         for name in variant.head_layers:  # only what the variant applies: the others' weights are optional on disk
-            self.add_module(name, HEAD_LAYERS[name](config))
+            self.add_module(name, build_head_layer(name, config.hidden_size, config.project_dim, config.layer_norm_eps))
 
     @property
     def context_dim(self) -> int:

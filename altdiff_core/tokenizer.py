@@ -146,6 +146,11 @@ class XLMRTokenizer:
         """Fairseq ids of ``text`` without ``<s>``/``</s>``; any length, no weight syntax."""
         return [self._fairseq_id(i) for i in self._sp.EncodeAsIds(text)]
 
+    def vocab(self) -> dict[str, int]:
+        """Every piece → its fairseq id (the specials included)."""
+        pieces = {self._sp.IdToPiece(i): self._fairseq_id(i) for i in range(self._sp.GetPieceSize())}
+        return {**pieces, "<s>": BOS_ID, "<pad>": PAD_ID, "</s>": EOS_ID, "<unk>": UNK_ID, "<mask>": self.vocab_size - 1}
+
     def _tokens(self, segments: list[tuple[str, float]]) -> list[_Token]:
         tokens = []
         for text, weight in segments:

@@ -18,7 +18,6 @@ from ..altdiff_core import (
     resolve_dtype,
     resolve_vae_dtype,
 )
-from ..altdiff_core.components import LoadedModel
 from ..altdiff_core.single_file import CHECKPOINT_SUFFIXES, tokenizer_folders
 from . import comfy_seam, sockets
 from .model_cache import ModelCache, disk_signature
@@ -28,9 +27,12 @@ logger = logging.getLogger(__name__)
 DTYPE_CHOICES = ["auto", *DTYPES]
 VAE_DTYPE_CHOICES = ["auto", *DTYPES]
 
-MODEL_CACHE: ModelCache[LoadedModel] = ModelCache(capacity=1)
+MODEL_CACHE: ModelCache[tuple] = ModelCache(capacity=1)
 """The last loaded model, process-wide: a second Loader node or a later workflow naming the same unchanged files gets
-the same modules (and ComfyUI the same ModelPatchers) instead of a second copy read from disk."""
+the same parts (inside ComfyUI the same MODEL, CLIP and VAE) instead of a second copy read from disk. ComfyUI's
+"Unload Models" empties it (``comfy_seam.on_unload_all``)."""
+comfy_seam.on_unload_all(MODEL_CACHE.clear)
+
 
 def _folders() -> Iterator[str]:
     for root in comfy_seam.model_roots():
@@ -115,8 +117,9 @@ class AltDiffusionLoader:
     RETURN_TYPES = (sockets.MODEL, sockets.TEXT_ENCODER, sockets.VAE, "STRING")
     RETURN_NAMES = ("model", "text_encoder", "vae", "info")
     OUTPUT_TOOLTIPS = (
-        "The AltDiffusion UNet, for the AltDiffusion Sampler.",
-        "The multilingual text encoder, for AltDiffusion Text Encode.",
+        "The AltDiffusion UNet, for the AltDiffusion Sampler (inside ComfyUI it is ComfyUI's own model, which the "
+        "AltDiffusion Checkpoint Loader hands to stock nodes).",
+        "The multilingual text encoder, for AltDiffusion Text Encode and AltDiffusion Set Last Layer.",
         "The VAE, for AltDiffusion VAE Encode and AltDiffusion VAE Decode.",
         "Variant, dtype, device and parameter counts of what was loaded.",
     )
@@ -170,9 +173,12 @@ class AltDiffusionLoader:
         return disk_signature(path) if path is not None else model_name
 
     @staticmethod
-    def load_path(path: Path, dtype: str = "auto", vae_dtype: str | None = None):
+    def load_path(path: Path, dtype: str = "auto", vae_dtype: str | None = None) -> tuple:
         """Load any AltDiffusion folder or checkpoint file (the command line's path; the node only offers listed names).
 
+        Returns (model, text encoder, VAE, info line): inside ComfyUI its own MODEL (``ModelPatcher``), CLIP and VAE
+        (what the stock nodes take, and what the pack's nodes run there); elsewhere the engine's parts. The last
+        model loaded stays cached (``MODEL_CACHE``), so both loader nodes naming it share one copy.
         ``vae_dtype`` None: 'auto' when ``dtype`` is 'auto', else ``dtype`` (the VAE as asked for the whole model).
         """
         device = comfy_seam.torch_device()
@@ -182,10 +188,49 @@ class AltDiffusionLoader:
         path = Path(path).resolve()
         key = (str(path), disk_signature(path), model_dtype, vae, str(device))
 
-        def load() -> LoadedModel:
+        def load() -> tuple:
             loaded = load_model(path, device=comfy_seam.load_device(), dtype=model_dtype, vae_dtype=vae,
                                 tokenizer_folders=search)  # fmt: skip
-            return comfy_seam.manage(loaded)
+            info = loaded.describe()
+            logger.info("%s", info)
+            if comfy_seam.IN_COMFYUI:
+                return (*comfy_seam.native_parts(loaded), info)
+            return (loaded.model, loaded.text_encoder, loaded.vae, info)
 
-        loaded = MODEL_CACHE.get_or_load(key, load)
-        return (loaded.model, loaded.text_encoder, loaded.vae, loaded.describe())
+        return MODEL_CACHE.get_or_load(key, load)
+
+
+class AltDiffusionCheckpointLoader:
+    DESCRIPTION = (
+        "Loads an AltDiffusion model (BAAI AltDiffusion m2, m9 or m18) as ComfyUI's own MODEL, CLIP and VAE, like Load "
+        "Checkpoint: the multilingual XLM-R text encoder works in CLIP Text Encode, and the model with every stock node "
+        "(KSampler, LoRA loaders, ControlNet, area and mask conditioning, FreeU, model merging, Checkpoint Save …)."
+    )
+    CATEGORY = sockets.CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE", "STRING")
+    RETURN_NAMES = ("MODEL", "CLIP", "VAE", "info")
+    OUTPUT_TOOLTIPS = (
+        "The UNet as ComfyUI's MODEL (SD 1.x for m2/m9, SD 2.x-base for m18; epsilon prediction).",
+        "The multilingual text encoder as ComfyUI's CLIP, for CLIP Text Encode (prompts in any of the model's "
+        "languages, (word:1.2) weights) and CLIP Set Last Layer.",
+        "The VAE as ComfyUI's VAE.",
+        "Variant, dtype, device and parameter counts of what was loaded.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = AltDiffusionLoader.INPUT_TYPES()
+        return {"required": dict(inputs["required"]), "optional": dict(inputs["optional"])}
+
+    @classmethod
+    def IS_CHANGED(cls, model_name: str, dtype: str = "auto", vae_dtype: str = "auto"):
+        return AltDiffusionLoader.IS_CHANGED(model_name, dtype, vae_dtype)
+
+    def load(self, model_name: str, dtype: str, vae_dtype: str = "auto"):
+        if not comfy_seam.IN_COMFYUI:
+            raise AltDiffusionError(
+                "AltDiffusion Checkpoint Loader hands out ComfyUI's MODEL/CLIP/VAE and runs only inside ComfyUI; "
+                "elsewhere use the AltDiffusion Loader (or `python . --prompt …`)."
+            )
+        return AltDiffusionLoader.load_path(resolve_model(model_name), dtype, vae_dtype)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..altdiff_core import SCHEDULERS, sample_latent
+from ..altdiff_core import SCHEDULERS, DiffusionModel, sample_latent
 from ..altdiff_core.samplers import OFFERED_SAMPLERS
 from . import comfy_seam, sockets
 
@@ -40,8 +40,15 @@ def _common_inputs() -> dict:
 
 
 def _run(model, latent_image: dict, steps: int, **kwargs) -> tuple[dict]:
-    """One engine call with progress/cancel/previews; the LATENT dict's other keys are kept."""
-    comfy_seam.use(model)
+    """One engine call with progress/cancel/previews; the LATENT dict's other keys are kept. Inside ComfyUI the model
+    is ComfyUI's own and ComfyUI's sampler runs it (``native_ops.ksample``, what KSampler runs)."""
+    if not isinstance(model, DiffusionModel):
+        return comfy_seam.native_ops.ksample(
+            model, kwargs["seed"], steps, kwargs["cfg"], kwargs["sampler_name"], kwargs["scheduler"], kwargs["positive"],
+            kwargs["negative"], latent_image, denoise=kwargs.get("denoise", 1.0),
+            disable_noise=not kwargs.get("add_noise", True), start_step=kwargs.get("start_at_step"),
+            last_step=kwargs.get("end_at_step"), force_full_denoise=kwargs.get("force_full_denoise", False),
+        )  # fmt: skip
     out = sample_latent(
         model,
         latent=latent_image["samples"],

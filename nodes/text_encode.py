@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..altdiff_core import encode_prompt
+from ..altdiff_core import TextEncoder, encode_prompt
 from ..altdiff_core.prompt_stage import check_layer
 from . import comfy_seam, sockets
 
@@ -40,7 +40,8 @@ class AltDiffusionTextEncode:
         }
 
     def encode(self, text: str, text_encoder):
-        comfy_seam.use(text_encoder)
+        if not isinstance(text_encoder, TextEncoder):  # inside ComfyUI: its own CLIP (see the loader)
+            return comfy_seam.native_ops.encode_text(text_encoder, text)
         cond, pooled = encode_prompt(text_encoder, text)
         return ([[cond, {"pooled_output": pooled}]],)
 
@@ -75,4 +76,8 @@ class AltDiffusionSetLastLayer:
         }
 
     def set_layer(self, text_encoder, stop_at_layer: int):
-        return (dataclasses.replace(text_encoder, layer=check_layer(text_encoder, stop_at_layer)),)
+        if not isinstance(text_encoder, TextEncoder):  # inside ComfyUI: its own CLIP (see the loader)
+            check_layer(comfy_seam.native.clip_layers(text_encoder), stop_at_layer)
+            return comfy_seam.native_ops.set_last_layer(text_encoder, stop_at_layer)
+        layer = check_layer(text_encoder.module.num_layers, stop_at_layer)
+        return (dataclasses.replace(text_encoder, layer=layer),)

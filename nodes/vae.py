@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..altdiff_core import decode_latent, encode_image
+from ..altdiff_core import VAE, decode_latent, encode_image
 from . import comfy_seam, sockets
 
 
@@ -26,7 +26,8 @@ class AltDiffusionVAEEncode:
         }
 
     def encode(self, pixels, vae):
-        comfy_seam.use(vae)
+        if not isinstance(vae, VAE):  # inside ComfyUI: its own VAE (see the loader)
+            return comfy_seam.native_ops.vae_encode(vae, pixels)
         return ({"samples": encode_image(vae, pixels)},)
 
 
@@ -47,5 +48,6 @@ class AltDiffusionVAEDecode:
         }
 
     def decode(self, samples, vae):
-        comfy_seam.use(vae)
+        if not isinstance(vae, VAE):  # inside ComfyUI: its own VAE (see the loader)
+            return comfy_seam.native_ops.vae_decode(vae, samples)
         return (decode_latent(vae, samples["samples"]),)

@@ -19,6 +19,9 @@ sys.path.insert(0, str(TESTS))
 from comfy_server import ComfyServer  # noqa: E402
 from factories import write_altdiffusion_folder, write_component_file, write_sd_clip_folder  # noqa: E402
 
+SERVER_MODEL_FOLDERS = ("altdiffusion", "diffusion_models", "vae", "loras", "controlnet", "checkpoints", "embeddings")
+"""Model folder types the test server reads from ``comfy_models/<type>`` (tests may add files to them while it runs:
+ComfyUI lists a folder again when it changed)."""
 PARITY_UNET_FILE = "altdiffusion_m9_unet.safetensors"
 """Full-size SD1 UNet (random, seed 0) in ``diffusion_models/``, for UNETLoader."""
 PARITY_MODEL = "AltDiffusion-m9-fullunet"
@@ -132,7 +135,9 @@ def comfy(comfy_models, tmp_path_factory):
     Started with ``--preview-method latent2rgb`` (ComfyUI's default is none), so both KSampler and our samplers send
     preview frames, as they do for a user who turned previews on; a 64×64 preview costs next to nothing.
     """
-    paths = {name: [comfy_models / name] for name in ("altdiffusion", "diffusion_models", "vae")}
+    paths = {name: [comfy_models / name] for name in SERVER_MODEL_FOLDERS}
+    for name in SERVER_MODEL_FOLDERS:
+        (comfy_models / name).mkdir(exist_ok=True)
     args = ("--preview-method", "latent2rgb")
     work = tmp_path_factory.mktemp("comfyui")
     (work / "custom_nodes").mkdir()

@@ -363,9 +363,11 @@ _VAE_COMMON: dict[str, Any] = {
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 
-#: vae/config.json per size; both downsample by 8 (four blocks).
+#: vae/config.json per size; both downsample by 8 (four blocks) and normalise over diffusers' default 32 groups, as
+#: every real SD VAE does and ComfyUI's own VAE (``comfy.sd.VAE``, which the native loader builds) hard-codes; the tiny
+#: one's last level is 64 wide so that a 1×1 latent still has two values per group.
 VAE_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {**_VAE_COMMON, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64},
+    "tiny": {**_VAE_COMMON, "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1, "sample_size": 64},
     "full": {**_VAE_COMMON, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "sample_size": 512},
 }
 

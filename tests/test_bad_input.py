@@ -233,7 +233,7 @@ def test_failed_load_keeps_nothing(core, m9_folder, tmp_path):
     path = write_ldm_checkpoint(m9_folder, tmp_path / "alt.safetensors")
     vae_config = tmp_path / "alt" / "vae" / "config.json"
     config = json.loads(vae_config.read_text(encoding="utf-8"))
-    vae_config.write_text(json.dumps({**config, "block_out_channels": [16, 16, 16, 16]}), encoding="utf-8")
+    vae_config.write_text(json.dumps({**config, "block_out_channels": [64, 64, 64, 64]}), encoding="utf-8")
     kinds = (core.text_encoder.AltTextEncoder, UNet2DConditionModel, AutoencoderKL)
 
     def alive():

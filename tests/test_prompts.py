@@ -294,12 +294,13 @@ def test_any_unicode_string(core, m9, text):
 
 
 def test_no_node_defeats_comfyuis_cache(pack, m9_folder, monkeypatch):
-    """Only the loader has IS_CHANGED, and for unchanged files it answers the same (a NaN or a fresh value each time
-    would make ComfyUI re-run it, and everything after it, on every prompt)."""
+    """Only the loaders have IS_CHANGED, and for unchanged files they answer the same (a NaN or a fresh value each
+    time would make ComfyUI re-run them, and everything after them, on every prompt)."""
+    loaders = [pack.nodes.loader.AltDiffusionLoader, pack.nodes.loader.AltDiffusionCheckpointLoader]
     with_is_changed = [cls for cls in pack.nodes.NODE_CLASS_MAPPINGS.values() if hasattr(cls, "IS_CHANGED")]
-    assert with_is_changed == [pack.nodes.loader.AltDiffusionLoader]
+    assert with_is_changed == loaders
     monkeypatch.setattr(pack.nodes.comfy_seam, "model_roots", lambda: [m9_folder.parent])
-    answers = {pack.nodes.loader.AltDiffusionLoader.IS_CHANGED(m9_folder.name, "auto") for _ in range(3)}
+    answers = {loader.IS_CHANGED(m9_folder.name, "auto") for loader in loaders for _ in range(3)}
     (answer,) = answers  # one stable answer: a string, never NaN
     assert isinstance(answer, str) and answer
 

@@ -1,8 +1,10 @@
-"""The one module of the pack that touches ComfyUI (``comfy.*``, ``folder_paths``, ``latent_preview``).
+"""The one package of the pack that touches ComfyUI (``comfy.*``, ``folder_paths``, ``latent_preview``).
 
 Inside ComfyUI it uses ComfyUI's device choice, progress bar (which also checks the cancel button), latent
-previews and model folders. Without ComfyUI (the command line, the engine tests) it falls back to plain
-torch, a tqdm bar and the pack's own ``models/altdiffusion`` folder. Nothing else in the pack imports ComfyUI.
+previews and model folders, and hands the model over as ComfyUI's own MODEL, CLIP and VAE (``native``), which
+ComfyUI's sampler, memory manager and LoRA patching then run. Without ComfyUI (the command line, the engine tests) it
+falls back to plain torch, a tqdm bar and the pack's own ``models/altdiffusion`` folder. Nothing else in the pack
+imports ComfyUI.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..altdiff_core.components import VAE, DiffusionModel, LoadedModel, TextEncoder
+from ...altdiff_core.components import LoadedModel
 
 try:  # inside a ComfyUI server
     import comfy.latent_formats
@@ -30,9 +32,14 @@ try:  # inside a ComfyUI server
 except ImportError:  # a plain Python process: the CLI or the tests
     IN_COMFYUI = False
 
+if IN_COMFYUI:
+    from . import lora_names, native, native_ops  # noqa: F401 - native_ops is used by the nodes as comfy_seam.native_ops
+
+    lora_names.install()
+
 logger = logging.getLogger(__name__)
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_FOLDER = "altdiffusion"
 """Model folder type the pack registers in ComfyUI (``models/altdiffusion``; ``extra_model_paths.yaml`` may add more)."""
 
@@ -55,67 +62,31 @@ def load_device() -> torch.device:
     return torch_device()
 
 
-def manage(loaded: LoadedModel) -> LoadedModel:
-    """Inside ComfyUI: give the text encoder, UNet and VAE each a ``ModelPatcher`` (in ``handle``), so ComfyUI's
-    memory manager loads them to the GPU on use and can offload them when other models need the memory. Elsewhere:
-    unchanged (plain device placement)."""
-    if IN_COMFYUI:
-        run_on, park_on = torch_device(), comfy.model_management.unet_offload_device()
-        for part, module in _parts(loaded):
-            part.handle = comfy.model_patcher.ModelPatcher(module, load_device=run_on, offload_device=park_on)
-    return loaded
+def native_parts(loaded: LoadedModel) -> tuple:
+    """Inside ComfyUI: ``loaded`` as ComfyUI's own (MODEL, CLIP, VAE) (``native.native_parts``); the engine's modules
+    can then be dropped. Outside ComfyUI there is nothing to hand over to: RuntimeError."""
+    if not IN_COMFYUI:
+        raise RuntimeError("ComfyUI's MODEL/CLIP/VAE exist only inside a ComfyUI server; use the engine's parts here.")
+    return native.native_parts(loaded)
 
 
-class Managed(torch.nn.Module):
-    """What a ModelPatcher holds: the module as its one child. ModelPatcher writes bookkeeping attributes onto the
-    model it manages (``device``, ``model_lowvram``, …), which a diffusers model refuses (its ``device`` is a
-    read-only property); the wrapper takes them, and moving it moves the module."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.inner = module
-
-
-class AltDiffusionTextEncoder(Managed):
-    """The XLM-R text encoder, as ComfyUI's memory manager names it in its log."""
-
-
-class AltDiffusionUNet(Managed):
-    """The UNet, as ComfyUI's memory manager names it in its log."""
-
-
-class AltDiffusionVAE(Managed):
-    """The VAE, as ComfyUI's memory manager names it in its log."""
-
-
-def _parts(loaded: LoadedModel) -> list[tuple[TextEncoder | DiffusionModel | VAE, torch.nn.Module]]:
-    """(part, its module wrapped for the ModelPatcher); the wrapper's class name is what ComfyUI's log shows."""
-    return [
-        (loaded.text_encoder, AltDiffusionTextEncoder(loaded.text_encoder.module)),
-        (loaded.model, AltDiffusionUNet(loaded.model.unet)),
-        (loaded.vae, AltDiffusionVAE(loaded.vae.module)),
-    ]
-
-
-def use(part: TextEncoder | DiffusionModel | VAE, memory_required: int = 0) -> None:
-    """Make ``part`` ready to run: through ComfyUI's ``load_models_gpu`` when it has a ModelPatcher (which may
-    offload other models to make room), and record where its module now is in ``part.device``.
-
-    The modules are plain torch (diffusers) modules, not ComfyUI's cast-on-the-fly ops, so they must be loaded whole
-    (``force_full_load``); where ComfyUI still loads only part of one (``--novram``), the rest is moved too.
-    """
-    patcher = part.handle
-    if patcher is None:
+def on_unload_all(callback: Callable[[], None]) -> None:
+    """Inside ComfyUI: run ``callback`` whenever ComfyUI unloads all models (the "Unload Models" button, ``POST /free``
+    with ``unload_models``), after ComfyUI's own unloading, so a cache the pack keeps lets go of the models too.
+    Elsewhere: nothing to hook. One wrapper per callback, however often this is called."""
+    if not IN_COMFYUI:
         return
-    comfy.model_management.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
-    module = patcher.model
-    target = patcher.load_device
-    if any(t.device != target for t in (*module.parameters(), *module.buffers())):
-        logger.warning("%s was only partly loaded to %s; moving all of it there", type(module).__name__, target)
-        module.to(target)
-    part.device = target
-    if isinstance(part, DiffusionModel):
-        part.schedule = part.schedule.to(target)  # with the UNet, as ComfyUI's model_sampling (schedules.to)
+    original = comfy.model_management.unload_all_models
+    if callback in getattr(original, "_altdiffusion_callbacks", ()):
+        return
+
+    def unload_all_models(*args, **kwargs):
+        result = original(*args, **kwargs)
+        callback()
+        return result
+
+    unload_all_models._altdiffusion_callbacks = (*getattr(original, "_altdiffusion_callbacks", ()), callback)
+    comfy.model_management.unload_all_models = unload_all_models
 
 
 def model_roots() -> list[Path]:
