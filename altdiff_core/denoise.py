@@ -44,6 +44,7 @@ from .errors import InvalidInputError
 from .samplers import SAMPLERS
 from .samplers import sample as run_sampler
 from .schedules import advanced_sigmas
+from .variants import Variant
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,16 @@ def percent_to_sigma(model: DiffusionModel, percent: float) -> float:
     return float(model.schedule.sigma(torch.tensor((1.0 - percent) * 999.0)))
 
 
+def check_width(width: int, variant: Variant, role: str) -> None:
+    """Raise InvalidInputError unless conditioning ``width`` wide is what ``variant``'s UNet cross-attends to."""
+    if width != variant.context_dim:
+        raise InvalidInputError(
+            f"{role} conditioning is {width} wide but this AltDiffusion-{variant.name} UNet expects "
+            f"{variant.context_dim}; encode the prompt with the text encoder of the same model "
+            "(m2/m9 give 768, m18 gives 1024)."
+        )
+
+
 def to_cond_entries(model: DiffusionModel, conditioning: Sequence, role: str) -> list[CondEntry]:
     """Check a CONDITIONING list (``[[tensor, dict], …]``) against ``model`` and convert it.
 
@@ -108,12 +119,7 @@ def to_cond_entries(model: DiffusionModel, conditioning: Sequence, role: str) ->
             raise InvalidInputError(
                 f"{role} conditioning is an empty tensor of shape {tuple(context.shape)}; connect a text-encode node's output."
             )
-        if context.shape[-1] != model.context_dim:
-            raise InvalidInputError(
-                f"{role} conditioning is {context.shape[-1]} wide but this AltDiffusion-{model.variant.name} UNet expects "
-                f"{model.context_dim}; encode the prompt with the text encoder of the same model "
-                "(m2/m9 give 768, m18 gives 1024)."
-            )
+        check_width(context.shape[-1], model.variant, role)
         for key, what in UNSUPPORTED_COND_KEYS.items():
             if extras.get(key) is not None:
                 raise InvalidInputError(

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     folder = write_altdiffusion_folder(Path(tempfile.mkdtemp()) / "AltDiffusion-m9", "m9", seed=0)
     model, te, v, info = loader.AltDiffusionLoader.load_path(folder, "fp16" if run_on.type == "cuda" else "fp32")
     logger.info("%s", info)
-    parts = {"text encoder": te.module, "unet": model.unet, "vae": v.module}
+    # inside ComfyUI the loader hands out ComfyUI's own MODEL, CLIP and VAE; their modules:
+    parts = {"text encoder": te.cond_stage_model, "unet": model.model, "vae": v.first_stage_model}
     checks["loaded onto the offload device"] = all(
         p.device == mm.unet_offload_device() for m in parts.values() for p in m.parameters()
     )
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     first = run()
     checks["each part on the torch device after use"] = all(p.device == run_on for m in parts.values() for p in m.parameters())
     names = {type(m.model.model).__name__ for m in mm.current_loaded_models if m.model is not None}
-    checks["all three in current_loaded_models"] = {"AltDiffusionTextEncoder", "AltDiffusionUNet", "AltDiffusionVAE"} <= names
+    checks["all three in current_loaded_models"] = {"AltDiffusionClipModel", "BaseModel", "AutoencoderKL"} <= names
     used = torch.cuda.memory_allocated() if run_on.type == "cuda" else 0
     mm.unload_all_models()
     mm.soft_empty_cache(True)

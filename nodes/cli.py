@@ -75,8 +75,7 @@ def save_image(image: torch.Tensor, path: Path) -> None:
 def generate(args: argparse.Namespace) -> Path:
     if args.init_image is None and (args.width % 8 or args.height % 8 or args.width < 8 or args.height < 8):
         raise InvalidInputError(f"--width {args.width} / --height {args.height} must be positive multiples of 8.")
-    model, text_encoder, vae, info = AltDiffusionLoader.load_path(resolve_model_argument(args.model), args.dtype)
-    logger.info("%s", info)
+    model, text_encoder, vae, _info = AltDiffusionLoader.load_path(resolve_model_argument(args.model), args.dtype)  # logged
     (positive,) = AltDiffusionTextEncode().encode(args.prompt, text_encoder)
     (negative,) = AltDiffusionTextEncode().encode(args.negative, text_encoder)
     if args.init_image is not None:

@@ -191,8 +191,7 @@ class AltDiffusionLoader:
         def load() -> tuple:
             loaded = load_model(path, device=comfy_seam.load_device(), dtype=model_dtype, vae_dtype=vae,
                                 tokenizer_folders=search)  # fmt: skip
-            info = loaded.describe()
-            logger.info("%s", info)
+            info = loaded.describe()  # the engine has logged it, with the load time
             if comfy_seam.IN_COMFYUI:
                 return (*comfy_seam.native_parts(loaded), info)
             return (loaded.model, loaded.text_encoder, loaded.vae, info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..altdiff_core import SCHEDULERS, DiffusionModel, sample_latent
+from ..altdiff_core.denoise import check_width
 from ..altdiff_core.samplers import OFFERED_SAMPLERS
 from . import comfy_seam, sockets
 
@@ -43,6 +44,10 @@ def _run(model, latent_image: dict, steps: int, **kwargs) -> tuple[dict]:
     """One engine call with progress/cancel/previews; the LATENT dict's other keys are kept. Inside ComfyUI the model
     is ComfyUI's own and ComfyUI's sampler runs it (``native_ops.ksample``, what KSampler runs)."""
     if not isinstance(model, DiffusionModel):
+        variant = comfy_seam.native.model_variant(model)
+        for role in ("positive", "negative"):
+            for context, *_ in kwargs[role] if variant is not None else ():
+                check_width(context.shape[-1], variant, role)  # a clear message where KSampler's would be torch's
         return comfy_seam.native_ops.ksample(
             model, kwargs["seed"], steps, kwargs["cfg"], kwargs["sampler_name"], kwargs["scheduler"], kwargs["positive"],
             kwargs["negative"], latent_image, denoise=kwargs.get("denoise", 1.0),

@@ -884,3 +884,172 @@ def _save_state_dict(state_dict: dict[str, torch.Tensor], path: Path, weights: s
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LoRA files, in the key names real trainers write
+# --------------------------------------------------------------------------------------------------------------------
+
+#: UNet LoRA naming schemes → how a diffusers UNet module name (``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``)
+#: becomes the LoRA's module name, and the suffixes of its (down, up) factors. kohya's sd-scripts (``lora_unet_`` + the
+#: module with ``_``, with ``.alpha``); diffusers' 2023 attention processors (``save_attn_procs``/``save_lora_weights``
+#: before 0.22: ``unet.<attention>.processor.to_q_lora.down.weight``); diffusers ≥ 0.22 (``save_lora_weights`` after
+#: ``convert_state_dict_to_diffusers``: ``unet.<module>.lora.down.weight``); and PEFT's own names
+#: (``get_peft_model_state_dict``: ``unet.<module>.lora_A.weight``).
+UNET_LORA_SCHEMES = ("kohya", "diffusers_attn_procs", "diffusers", "peft")
+#: Text-encoder LoRA naming schemes for AltDiffusion's ``text_encoder`` (module names as in
+#: ``RobertaSeriesModelWithTransformation``: ``roberta.encoder.layer.0.attention.self.query``, ``transformation``):
+#: PEFT as diffusers' training scripts save it (``text_encoder.<module>.lora_A.weight``), diffusers 0.14–0.21
+#: (``text_encoder.<module>.lora_linear_layer.down.weight``), a bare PEFT save of the encoder
+#: (``base_model.model.<module>.lora_A.weight``) and kohya (``lora_te_`` + the module with ``_``, with ``.alpha``).
+TEXT_ENCODER_LORA_SCHEMES = ("peft", "diffusers_linear_layer", "base_model", "kohya")
+_ATTENTION_PROJECTIONS = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora"}
+#: SD 1.x's CLIP-L text encoder: module (in ``text_model.encoder.layers.N``) → (out, in) of its Linear.
+CLIP_L_LORA_MODULES = {
+    "self_attn.q_proj": (768, 768),
+    "self_attn.k_proj": (768, 768),
+    "self_attn.v_proj": (768, 768),
+    "self_attn.out_proj": (768, 768),
+    "mlp.fc1": (3072, 768),
+    "mlp.fc2": (768, 3072),
+}
+
+
+@dataclass
+class LoraLayers:
+    """A random LoRA: what its file holds and, per module it patches, the factors a loader must apply.
+
+    ``factors`` maps the patched module's own name (diffusers names for the UNet, e.g.
+    ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``; the text encoder's, e.g.
+    ``roberta.encoder.layer.0.attention.self.query``; CLIP-L's ``text_model.encoder.layers.0.self_attn.q_proj``) to
+    ``(up, down, scale)``: the weight becomes ``W + strength · scale · (up.flatten(1) @ down.flatten(1)).reshape(W.shape)``,
+    ``scale = alpha / rank`` when the file stores an alpha, else 1.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+
+    def __add__(self, other: LoraLayers) -> LoraLayers:
+        return LoraLayers({**self.tensors, **other.tensors}, {**self.factors, **other.factors})
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+
+
+def _lora_factors(modules: dict[str, tuple[int, ...]], rank: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(up, down) per module of shape (out, in[, 1, 1]): down ~ N(0, 1/in), up ~ N(0, 0.1²), so up @ down is about
+    as large as the tiny models' weights."""
+    generator = torch.Generator().manual_seed(seed)
+    factors = {}
+    for name, shape in sorted(modules.items()):
+        kernel = tuple(shape[2:])
+        down = torch.randn((rank, shape[1], *kernel), generator=generator) / shape[1] ** 0.5
+        up = 0.1 * torch.randn((shape[0], rank, *((1,) * len(kernel))), generator=generator)
+        factors[name] = (up, down)
+    return factors
+
+
+def _lora_layers(
+    modules: dict[str, tuple[int, ...]], names: dict[str, tuple[str, str, str]], rank: int, alpha: float | None, seed: int
+) -> LoraLayers:
+    """``names``: module → (LoRA module name, down suffix, up suffix); ``alpha`` None = the file stores none."""
+    tensors, factors = {}, {}
+    for module, (up, down) in _lora_factors(modules, rank, seed).items():
+        base, down_suffix, up_suffix = names[module]
+        tensors[base + down_suffix] = down
+        tensors[base + up_suffix] = up
+        if alpha is not None:
+            tensors[base + ".alpha"] = torch.tensor(float(alpha))
+        factors[module] = (up, down, alpha / rank if alpha is not None else 1.0)
+    return LoraLayers(tensors, factors)
+
+
+def unet_lora(folder: Path, scheme: str, *, rank: int = 4, alpha: float = 2.0, seed: int = 0) -> LoraLayers:
+    """A random LoRA for the UNet of the diffusers ``folder`` (its shapes), named as ``scheme`` (``UNET_LORA_SCHEMES``).
+
+    kohya patches every Linear and 1×1 conv of the transformer blocks (attention, feed-forward, ``proj_in``/``proj_out``)
+    and stores ``alpha``; the diffusers and PEFT schemes patch the attention projections ``to_q``/``to_k``/``to_v``/
+    ``to_out.0`` (the ``target_modules`` of diffusers' LoRA training scripts) and store no alpha.
+    """
+    if scheme not in UNET_LORA_SCHEMES:
+        raise ValueError(f"unknown UNet LoRA scheme {scheme!r}; expected one of {UNET_LORA_SCHEMES}")
+    shapes = _weight_shapes(Path(folder) / "unet" / WEIGHT_FILES["safetensors"][1])
+    modules = {
+        key.removesuffix(".weight"): shape
+        for key, shape in shapes.items()
+        if ".attentions." in key and key.endswith(".weight") and len(shape) in (2, 4) and shape[2:] in ((), (1, 1))
+    }
+    if scheme != "kohya":
+        projections = tuple(f".attn{i}.{projection}" for i in (1, 2) for projection in _ATTENTION_PROJECTIONS)
+        modules = {m: s for m, s in modules.items() if m.endswith(projections)}
+    names = {}
+    for module in modules:
+        if scheme == "kohya":
+            names[module] = ("lora_unet_" + module.replace(".", "_"), ".lora_down.weight", ".lora_up.weight")
+        elif scheme == "diffusers_attn_procs":
+            attention, projection = module.split(".to_", 1)
+            processor = _ATTENTION_PROJECTIONS["to_" + projection]
+            names[module] = (f"unet.{attention}.processor.{processor}", ".down.weight", ".up.weight")
+        elif scheme == "diffusers":
+            names[module] = (f"unet.{module}", ".lora.down.weight", ".lora.up.weight")
+        else:
+            names[module] = (f"unet.{module}", ".lora_A.weight", ".lora_B.weight")
+    return _lora_layers(modules, names, rank, alpha if scheme == "kohya" else None, seed)
+
+
+def text_encoder_lora(
+    folder: Path, scheme: str, *, rank: int = 4, alpha: float = 2.0, seed: int = 1, unused_head: bool = False
+) -> LoraLayers:
+    """A random LoRA for AltDiffusion's text encoder in the diffusers ``folder`` (its shapes), named as ``scheme``
+    (``TEXT_ENCODER_LORA_SCHEMES``): every Linear of XLM-R (query, key, value, attention and feed-forward dense) and
+    of the head the variant computes with (m2/m9 ``transformation``; m18 ``transformation_pre``, not the
+    ``transformation`` its file also carries and never uses, unless ``unused_head``); kohya stores ``alpha``, the
+    others none."""
+    if scheme not in TEXT_ENCODER_LORA_SCHEMES:
+        raise ValueError(f"unknown text-encoder LoRA scheme {scheme!r}; expected one of {TEXT_ENCODER_LORA_SCHEMES}")
+    shapes = _weight_shapes(Path(folder) / "text_encoder" / WEIGHT_FILES["safetensors"][0])
+    m18 = "transformation_pre.weight" in shapes
+    modules = {
+        key.removesuffix(".weight"): shape
+        for key, shape in shapes.items()
+        if key.endswith(".weight")
+        and len(shape) == 2
+        and ".embeddings." not in key
+        and not key.startswith("roberta.pooler.")
+        and (unused_head or not (m18 and key == "transformation.weight"))
+    }
+    prefix, down, up = {
+        "peft": ("text_encoder.", ".lora_A.weight", ".lora_B.weight"),
+        "diffusers_linear_layer": ("text_encoder.", ".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
+        "base_model": ("base_model.model.", ".lora_A.weight", ".lora_B.weight"),
+        "kohya": ("lora_te_", ".lora_down.weight", ".lora_up.weight"),
+    }[scheme]
+    names = {m: (prefix + (m.replace(".", "_") if scheme == "kohya" else m), down, up) for m in modules}
+    return _lora_layers(modules, names, rank, alpha if scheme == "kohya" else None, seed)
+
+
+def clip_l_lora(scheme: str = "kohya", *, layers: int = 12, rank: int = 4, alpha: float = 2.0, seed: int = 2) -> LoraLayers:
+    """The text-encoder part of a Stable Diffusion 1.x LoRA: CLIP-L's attention and MLP Linears of ``layers`` layers,
+    as kohya (``lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight`` + ``.alpha``) or diffusers
+    (``text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight``) name them."""
+    if scheme not in ("kohya", "diffusers"):
+        raise ValueError(f"unknown CLIP-L LoRA scheme {scheme!r}; expected 'kohya' or 'diffusers'")
+    modules = {
+        f"text_model.encoder.layers.{i}.{module}": shape for i in range(layers) for module, shape in CLIP_L_LORA_MODULES.items()
+    }
+    if scheme == "kohya":
+        names = {m: ("lora_te_" + m.replace(".", "_"), ".lora_down.weight", ".lora_up.weight") for m in modules}
+    else:
+        names = {m: ("text_encoder." + m, ".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight") for m in modules}
+    return _lora_layers(modules, names, rank, alpha if scheme == "kohya" else None, seed)
+
+
+def write_lora(dest: Path, lora: LoraLayers) -> Path:
+    """Save ``lora.tensors`` as a ``.safetensors`` LoRA file at ``dest``; returns ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: t.detach().contiguous().clone() for key, t in lora.tensors.items()}
+    safetensors.torch.save_file(tensors, str(dest), metadata={"format": "pt"})
+    return dest

@@ -145,6 +145,7 @@ def native_model(model: DiffusionModel) -> comfy.model_patcher.ModelPatcher:
     unet_config = comfy.model_detection.detect_unet_config(ldm_sd, "")
     unet_config.update(_heads(config))
     model_config = MODEL_CONFIGS[model.variant.unet_family](unet_config)
+    model_config.altdiffusion_variant = model.variant  # for the pack's nodes' checks (model_variant)
     # Compute in the weights' dtype, as the pack's dtype choice means; ComfyUI would upcast bf16 to fp32 on a CPU.
     model_config.set_inference_dtype(model.dtype, None)
     offload = comfy.model_management.unet_offload_device()
@@ -153,6 +154,11 @@ def native_model(model: DiffusionModel) -> comfy.model_patcher.ModelPatcher:
     if missing:
         raise ModelFormatError(f"{model.source}: the UNet lacks {missing[:3]} ({len(missing)} weights ComfyUI's UNet needs).")
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(), offload_device=offload)
+
+
+def model_variant(model: comfy.model_patcher.ModelPatcher) -> Variant | None:
+    """The AltDiffusion variant of a MODEL from ``native_model`` (also after LoRAs, merges …), else None."""
+    return getattr(model.model.model_config, "altdiffusion_variant", None)
 
 
 # --- CLIP -----------------------------------------------------------------------------------------------------------

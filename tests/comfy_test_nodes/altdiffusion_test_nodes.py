@@ -33,8 +33,9 @@ def mallinfo2() -> dict:
 
 
 class AltDiffusionTestProbe:
-    """Counts, in this process: the pack's loaded models, their modules, ModelPatchers, ComfyUI's loaded models, the
-    UNets' weight bytes, uncollectable garbage, and glibc's heap statistics (``malloc_*``)."""
+    """Counts, in this process: the engine's loaded models and modules (none should outlive a load inside ComfyUI),
+    ComfyUI's own models (``BaseModel``, ``AltDiffusionClipModel``, ``AutoencoderKL``), ModelPatchers, ComfyUI's loaded
+    models, the UNets' weight bytes, uncollectable garbage, and glibc's heap statistics (``malloc_*``)."""
 
     CATEGORY = "testing"
     FUNCTION = "probe"
@@ -56,7 +57,7 @@ class AltDiffusionTestProbe:
         if collect:
             gc.collect()
         counts = {"pack_models": 0, "UNet2DConditionModel": 0, "AutoencoderKL": 0, "AltTextEncoder": 0,
-                  "ModelPatcher": 0}  # fmt: skip
+                  "ModelPatcher": 0, "BaseModel": 0, "AltDiffusionClipModel": 0}  # fmt: skip
         unets = []
         for obj in gc.get_objects():
             kind = type(obj)
@@ -64,7 +65,7 @@ class AltDiffusionTestProbe:
                 counts["pack_models"] += 1
             elif kind.__name__ in counts:
                 counts[kind.__name__] += 1
-                if kind.__name__ == "UNet2DConditionModel":
+                if kind.__name__ in ("UNet2DConditionModel", "BaseModel"):
                     unets.append(obj)
         counts["unet_weight_bytes"] = sum(t.nbytes for u in unets for t in (*u.parameters(), *u.buffers()))
         counts["comfy_loaded_models"] = len(comfy.model_management.current_loaded_models)
