@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -1053,3 +1054,86 @@ def write_lora(dest: Path, lora: LoraLayers) -> Path:
     tensors = {key: t.detach().contiguous().clone() for key, t in lora.tensors.items()}
     safetensors.torch.save_file(tensors, str(dest), metadata={"format": "pt"})
     return dest
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ControlNets
+# --------------------------------------------------------------------------------------------------------------------
+
+CONTROLNET_FAMILIES = {"sd1": (768, False), "sd21": (1024, True)}
+"""UNet family → (cross-attention width, linear proj_in/proj_out in the transformers) of its ControlNet."""
+
+
+def controlnet_state_dict(family: str, seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """A random ControlNet for a full-size SD 1.x ("sd1") or SD 2.1-base ("sd21") UNet in the ControlNet-v1.1
+    single-file layout (``control_model.input_hint_block.*``, ``.input_blocks.*``, ``.zero_convs.*``,
+    ``.middle_block.*``, ``.middle_block_out.*``, ``.time_embed.*``), which ComfyUI's ``load_controlnet`` recognises
+    by shape. Weights are N(0, 1/fan_in) (activations stay O(1) through 1280 channels), norms 1, biases 0; the zero
+    convolutions are random too, so the control changes the UNet's result."""
+    context, linear = CONTROLNET_FAMILIES[family]
+    generator = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+
+    def dense(name: str, out_c: int, in_c: int, kernel: int | None = None, bias: bool = True) -> None:
+        shape = (out_c, in_c) if kernel is None else (out_c, in_c, kernel, kernel)
+        fan_in = in_c * (kernel or 1) ** 2
+        sd[f"{name}.weight"] = torch.randn(shape, generator=generator, dtype=dtype).mul_(1 / math.sqrt(fan_in))
+        if bias:
+            sd[f"{name}.bias"] = torch.zeros(out_c, dtype=dtype)
+
+    def norm(name: str, channels: int) -> None:
+        sd[f"{name}.weight"] = torch.ones(channels, dtype=dtype)
+        sd[f"{name}.bias"] = torch.zeros(channels, dtype=dtype)
+
+    def resblock(name: str, in_c: int, out_c: int) -> None:
+        norm(f"{name}.in_layers.0", in_c)
+        dense(f"{name}.in_layers.2", out_c, in_c, 3)
+        dense(f"{name}.emb_layers.1", out_c, 1280)
+        norm(f"{name}.out_layers.0", out_c)
+        dense(f"{name}.out_layers.3", out_c, out_c, 3)
+        if in_c != out_c:
+            dense(f"{name}.skip_connection", out_c, in_c, 1)
+
+    def transformer(name: str, channels: int) -> None:
+        norm(f"{name}.norm", channels)
+        projection = None if linear else 1
+        dense(f"{name}.proj_in", channels, channels, projection)
+        dense(f"{name}.proj_out", channels, channels, projection)
+        block = f"{name}.transformer_blocks.0"
+        for attention, kv_width in (("attn1", channels), ("attn2", context)):
+            dense(f"{block}.{attention}.to_q", channels, channels, bias=False)
+            dense(f"{block}.{attention}.to_k", channels, kv_width, bias=False)
+            dense(f"{block}.{attention}.to_v", channels, kv_width, bias=False)
+            dense(f"{block}.{attention}.to_out.0", channels, channels)
+        dense(f"{block}.ff.net.0.proj", channels * 8, channels)  # GEGLU: two halves of 4× width
+        dense(f"{block}.ff.net.2", channels, channels * 4)
+        for index in (1, 2, 3):
+            norm(f"{block}.norm{index}", channels)
+
+    base = 320
+    dense("time_embed.0", 1280, base)
+    dense("time_embed.2", 1280, 1280)
+    hint = [3, 16, 16, 32, 32, 96, 96, 256, base]
+    for index in range(len(hint) - 1):
+        dense(f"input_hint_block.{2 * index}", hint[index + 1], hint[index], 3)
+    dense("input_blocks.0.0", base, 4, 3)
+    dense("zero_convs.0.0", base, base, 1)
+    channels, block = base, 1
+    multipliers = (1, 2, 4, 4)
+    for level, multiplier in enumerate(multipliers):
+        for _ in range(2):
+            resblock(f"input_blocks.{block}.0", channels, base * multiplier)
+            channels = base * multiplier
+            if level < len(multipliers) - 1:  # SD's last level has no attention
+                transformer(f"input_blocks.{block}.1", channels)
+            dense(f"zero_convs.{block}.0", channels, channels, 1)
+            block += 1
+        if level < len(multipliers) - 1:
+            dense(f"input_blocks.{block}.0.op", channels, channels, 3)
+            dense(f"zero_convs.{block}.0", channels, channels, 1)
+            block += 1
+    resblock("middle_block.0", channels, channels)
+    transformer("middle_block.1", channels)
+    resblock("middle_block.2", channels, channels)
+    dense("middle_block_out.0", channels, channels, 1)
+    return {f"control_model.{key}": value for key, value in sd.items()}
