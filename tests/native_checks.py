@@ -72,6 +72,11 @@ def types_and_prediction(work: Path) -> dict:
         out[variant]["both_loaders_share"] = PACK_NODES.loader.AltDiffusionLoader.load_path(folder, "fp32")[0] is again[
             0
         ] and checkpoint_loader.RETURN_TYPES[:3] == ("MODEL", "CLIP", "VAE")
+    import comfy.samplers
+
+    offered = PACK_NODES.sampler.AltDiffusionSampler.INPUT_TYPES()["required"]
+    out["samplers_comfy_lacks"] = sorted(set(offered["sampler_name"][0]) - set(comfy.samplers.KSampler.SAMPLERS))
+    out["schedulers_comfy_lacks"] = sorted(set(offered["scheduler"][0]) - set(comfy.samplers.KSampler.SCHEDULERS))
     config = _both(work, "m18")[1][0].model.model_config
     v_like = {"output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.randn(320)}
     out["sd20_guess"] = comfy.supported_models.SD20(dict(config.unet_config)).model_type(v_like).name

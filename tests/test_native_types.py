@@ -52,6 +52,13 @@ def test_the_loaders_hand_out_comfyuis_own_types(results, variant, family, base)
     assert out["both_loaders_share"]
 
 
+def test_the_pack_sampler_offers_only_what_it_runs_inside_comfyui(results):
+    """Inside ComfyUI the pack's sampler runs KSampler's own sampler and scheduler for every name it offers, except
+    pndm, which ``native_ops.OWN_SAMPLERS`` runs."""
+    out = check(results, "types_and_prediction")
+    assert out["samplers_comfy_lacks"] == ["pndm"] and out["schedulers_comfy_lacks"] == []
+
+
 def test_epsilon_is_pinned_where_sd20_would_guess_v(results):
     out = check(results, "types_and_prediction")
     assert out["sd20_guess"] == "V_PREDICTION"  # ComfyUI's own guess on a UNet with such a norm bias
