@@ -17,6 +17,7 @@ import pytest
 import torch
 from comfy_server import PromptRejectedError, ui_to_api
 from factories import controlnet_state_dict, text_encoder_lora, write_lora
+from graphs import sampler_node
 from safetensors.torch import load, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,19 +39,7 @@ def encode(text, loader_id="L"):
 
 
 def sampler(latent, positive=("P", 0), negative=("N", 0), model=("L", 0), **overrides):
-    inputs = {
-        "model": list(model),
-        "seed": 42,
-        "steps": 3,
-        "cfg": 7.5,
-        "sampler_name": "euler",
-        "scheduler": "normal",
-        "positive": list(positive),
-        "negative": list(negative),
-        "latent_image": list(latent),
-        "denoise": 1.0,
-    }
-    return {"class_type": "AltDiffusionSampler", "inputs": {**inputs, **overrides}}
+    return sampler_node("AltDiffusionSampler", model, positive, negative, latent, **overrides)
 
 
 def empty_latent(size=64, batch=1):

@@ -19,6 +19,7 @@ import uuid
 import pytest
 import torch
 from factories import controlnet_state_dict, write_altdiffusion_folder, write_component_file
+from graphs import sampler_node
 from safetensors.torch import load, save_file
 
 pytestmark = pytest.mark.comfyui
@@ -45,38 +46,16 @@ def text(prompt: str, clip=("L", 1)) -> dict:
 
 
 def ksampler(model=("L", 0), positive=("P", 0), negative=("N", 0), latent=("E", 0), **overrides) -> dict:
-    inputs = {
-        "model": list(model),
-        "seed": 42,
-        "steps": 3,
-        "cfg": 7.5,
-        "sampler_name": "euler",
-        "scheduler": "normal",
-        "positive": list(positive),
-        "negative": list(negative),
-        "latent_image": list(latent),
-        "denoise": 1.0,
-    }
-    return {"class_type": "KSampler", "inputs": {**inputs, **overrides}}
+    return sampler_node("KSampler", model, positive, negative, latent, **overrides)
 
 
 def ksampler_advanced(latent, start: int, end: int, add_noise: bool, leftover: bool, steps: int = 3) -> dict:
-    inputs = {
-        "model": ["L", 0],
-        "add_noise": "enable" if add_noise else "disable",
-        "noise_seed": 42,
-        "steps": steps,
-        "cfg": 7.5,
-        "sampler_name": "euler",
-        "scheduler": "normal",
-        "positive": ["P", 0],
-        "negative": ["N", 0],
-        "latent_image": list(latent),
-        "start_at_step": start,
-        "end_at_step": end,
-        "return_with_leftover_noise": "enable" if leftover else "disable",
-    }
-    return {"class_type": "KSamplerAdvanced", "inputs": inputs}
+    node = sampler_node("KSamplerAdvanced", ("L", 0), ("P", 0), ("N", 0), latent, steps=steps)
+    seed = node["inputs"].pop("seed")
+    del node["inputs"]["denoise"]
+    node["inputs"] |= {"add_noise": "enable" if add_noise else "disable", "noise_seed": seed, "start_at_step": start,
+                       "end_at_step": end, "return_with_leftover_noise": "enable" if leftover else "disable"}  # fmt: skip
+    return node
 
 
 def base_graph(model: str) -> dict:
