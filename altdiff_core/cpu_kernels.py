@@ -139,17 +139,25 @@ class SmallImageConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (N, C_in, H, W) → (N, C_out, H', W'), the convolution's shapes."""
-        height, width = (
-            (size + 2 * pad - kernel) // stride + 1
-            for size, pad, kernel, stride in zip(x.shape[-2:], self.padding, self.kernel_size, self.stride, strict=True)
-        )
-        if not uses_matmul(x, height * width):
-            return super().forward(x)
-        batch, channels = x.shape[0], self.out_channels
-        columns = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C_in·9, H'·W')
-        columns = columns.transpose(1, 2).reshape(batch * height * width, columns.shape[1])
-        out = linear(columns, self.weight.reshape(channels, -1), self.bias)  # (N·H'·W', C_out)
-        return out.reshape(batch, height * width, channels).transpose(1, 2).reshape(batch, channels, height, width)
+        out = small_image_conv(self, x, self.weight, self.bias)
+        return super().forward(x) if out is None else out
+
+
+def small_image_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``conv`` (a layer ``matmul_form_fits``) applied to ``x`` (N, C_in, H, W) with ``weight``/``bias`` as unfold +
+    one matrix multiply (``linear``) where ``uses_matmul`` says, → (N, C_out, H', W'); else None (run the
+    convolution)."""
+    height, width = (
+        (size + 2 * pad - kernel) // stride + 1
+        for size, pad, kernel, stride in zip(x.shape[-2:], conv.padding, conv.kernel_size, conv.stride, strict=True)
+    )
+    if not uses_matmul(x, height * width):
+        return None
+    batch, channels = x.shape[0], conv.out_channels
+    columns = F.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (N, C_in·9, H'·W')
+    columns = columns.transpose(1, 2).reshape(batch * height * width, columns.shape[1])
+    out = linear(columns, weight.reshape(channels, -1), bias)  # (N·H'·W', C_out)
+    return out.reshape(batch, height * width, channels).transpose(1, 2).reshape(batch, channels, height, width)
 
 
 def uses_matmul(x: torch.Tensor, out_pixels: int) -> bool:
@@ -158,10 +166,15 @@ def uses_matmul(x: torch.Tensor, out_pixels: int) -> bool:
 
 
 def eligible_conv(conv: nn.Module) -> bool:
-    """A plain 3×3 ``nn.Conv2d`` the matrix-multiply form computes exactly (zero padding, no groups, no dilation)."""
+    """A plain 3×3 ``nn.Conv2d`` (that exact type) the matrix-multiply form computes exactly."""
+    return type(conv) is nn.Conv2d and matmul_form_fits(conv)
+
+
+def matmul_form_fits(conv: nn.Conv2d) -> bool:
+    """Whether ``small_image_conv`` computes ``conv`` exactly: 3×3, zero padding, no groups, no dilation, at least
+    ``MIN_CHANNELS`` input channels."""
     return (
-        type(conv) is nn.Conv2d
-        and conv.kernel_size == (3, 3)
+        conv.kernel_size == (3, 3)
         and conv.groups == 1
         and conv.dilation == (1, 1)
         and conv.padding_mode == "zeros"

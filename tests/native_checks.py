@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+import comfy.ldm.modules.attention
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -213,3 +214,45 @@ def memory_ownership(work: Path) -> dict:
     logging.getLogger(__name__).info("unloading all models")
     comfy.model_management.unload_all_models()
     return {"loaded": loaded, "cached_before": cached_before, "cached_after": len(PACK_NODES.loader.MODEL_CACHE)}
+
+
+def one_copy_and_cpu_kernels(work: Path) -> dict:
+    """The native MODEL and CLIP hold the engine's own tensors (no second copy of the weights), and on the CPU the
+    UNet computes with the engine's kernels (``CpuKernelOps``) and SDPA attention, counted during one KSampler run."""
+    native = PACK_NODES.comfy_seam.native
+    loaded = CORE.load_folder(_folder(work, "m9"))
+    engine_unet = {p.data_ptr() for p in loaded.model.unet.parameters()}
+    engine_text = {p.data_ptr() for p in loaded.text_encoder.module.parameters()}
+    model, clip, _ = native.native_parts(loaded)
+    unet, text = model.model.diffusion_model, clip.cond_stage_model.xlm_roberta.transformer
+    layers = {type(m).__qualname__ for m in unet.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)}
+    calls = {"attention_pytorch": 0, "linear": 0}
+
+    def counted(name, func):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    attention, linear = comfy.ldm.modules.attention, CORE.cpu_kernels
+    originals = attention.attention_pytorch, linear.linear
+    attention.attention_pytorch = counted("attention_pytorch", originals[0])
+    linear.linear = counted("linear", originals[1])
+    try:
+        positive = comfy_nodes.CLIPTextEncode().encode(clip, "a cat")[0]
+        calls["linear_in_text_encode"] = calls["linear"]
+        comfy_nodes.KSampler().sample(model, 1, 1, CFG, "euler", "normal", positive, positive,
+                                      {"samples": torch.zeros(LATENT)})  # fmt: skip
+    finally:
+        attention.attention_pytorch, linear.linear = originals
+    return {
+        "unet_params": sum(1 for _ in unet.parameters()),
+        "unet_shared": sum(p.data_ptr() in engine_unet for p in unet.parameters()),
+        "text_params": sum(1 for _ in text.parameters()),
+        "text_shared": sum(p.data_ptr() in engine_text for p in text.parameters()),
+        "layers": sorted(layers),
+        "override": model.model_options["transformer_options"].get("optimized_attention_override") is not None,
+        "calls": calls,
+        "attention_layers": sum(1 for m in unet.modules() if type(m).__name__ == "CrossAttention"),
+    }

