@@ -8,16 +8,21 @@ A download goes into a hidden sibling folder (``.AltDiffusion-m9.partial``) that
 every file is in it, and ``model_index.json`` is fetched last: an interrupted download never leaves a folder that looks
 like a model (the loader lists folders by their ``model_index.json``), and the next try fetches only the files not
 complete yet (huggingface_hub keeps what it fetched, and from where, in ``.partial/.cache/huggingface``).
+
+The Hub is reached as huggingface_hub reaches it: ``HF_ENDPOINT`` (read when huggingface_hub is imported) sends every
+request to a mirror, ``HF_HUB_OFFLINE`` stops them all.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from .errors import ModelFormatError, ModelNotFoundError
 from .weights import PICKLE_SUFFIXES, SAFE_SUFFIXES
@@ -180,6 +185,7 @@ def download(repo_id: str, models_dir: Path, progress: ProgressFactory | None = 
     # that library's base error) for a refused connection or a timeout, OSError for a broken file, ValueError for a bad size.
     network_errors = (OSError, ValueError, *HfHubHTTPError.__bases__)
 
+    _check_reachable(repo_id, target, network_errors)  # no network at all: say so now, not after 40-50 s of retries
     try:
         repo_files = list_repo_files(repo_id)
     except network_errors as err:
@@ -223,6 +229,48 @@ def download(repo_id: str, models_dir: Path, progress: ProgressFactory | None = 
     partial.rename(target)
     logger.info("downloaded %s into %s", repo_id, target)
     return target
+
+
+def _check_reachable(repo_id: str, target: Path, network_errors: tuple[type[BaseException], ...]) -> None:
+    """One request to the Hub, not retried: raise at once when the Hub cannot be reached at all (``_unreachable``).
+
+    ``list_repo_files`` goes through huggingface_hub's ``http_backoff``, which retries a connection error 5 times,
+    waiting 1+2+4+8+8 s, and cannot be told not to: with no network that was 40-50 s (each name lookup waits too) before
+    the message naming the folder to fill. ``get_hf_file_metadata`` (the HEAD ``hf_hub_download`` starts with) makes a
+    single attempt. Any other failure here (a timeout, an HTTP error) is left to the calls that follow, which retry it
+    as before, and so is a connection dropped during the download (``http_get`` resumes it).
+
+    Raises:
+        ModelNotFoundError: the Hub's host does not resolve or refuses the connection — naming the folder to fill.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "model_index.json"))
+    except network_errors as err:
+        why = _unreachable(err, constants.ENDPOINT)
+        if why is not None:
+            raise ModelNotFoundError(_offline_message(repo_id, target, why)) from err
+
+
+def _unreachable(err: BaseException, endpoint: str) -> str | None:
+    """Why ``err`` shows that ``endpoint`` cannot be reached at all (its host name does not resolve: no network or a
+    wrong ``HF_ENDPOINT``; or it refuses the connection), else None.
+
+    The HTTP library wraps the socket's error (httpx's ConnectError raised from httpcore's, requests' ConnectionError
+    in huggingface_hub < 1.0 from urllib3's NewConnectionError), so the chain of causes is searched for it.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            host = urlsplit(endpoint).hostname or endpoint
+            return f"the host {host} cannot be resolved: no network, or HF_ENDPOINT names a wrong host; {_reason(err)}"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{endpoint} refused the connection; {_reason(err)}"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _reason(err: BaseException) -> str:

@@ -138,7 +138,8 @@ class AltDiffusionLoader:
                         "diffusers folder is installed too. Or a Hub id (BAAI/AltDiffusion, BAAI/AltDiffusion-m9, "
                         "BAAI/AltDiffusion-m18): the folder models/diffusers/<name> or models/altdiffusion/<name> when "
                         "it exists, else downloaded once into models/diffusers/<name> (configs, tokenizer and weights, "
-                        "several GB; no safety checker)."
+                        "several GB; no safety checker). To download through a mirror, set the environment variable "
+                        "HF_ENDPOINT to the mirror's URL before starting ComfyUI."
                     },
                 ),
                 "dtype": (

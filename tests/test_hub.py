@@ -9,7 +9,8 @@ huggingface_hub 2.4 makes for ``list_repo_files``, ``get_paths_info`` and ``hf_h
 - ``GET  /<repo>/resolve/<revision>/<file>`` — the bytes, with ``Range: bytes=N-`` (206) to resume a broken file.
 
 The client reads its endpoint at import (``constants.ENDPOINT``, the URL template, and the module-level ``HfApi`` behind
-``list_repo_files``), so ``hub_endpoint`` patches those rather than setting ``HF_ENDPOINT``.
+``list_repo_files``), so ``hub_endpoint`` patches those rather than setting ``HF_ENDPOINT``; the one test of
+``HF_ENDPOINT`` itself (a mirror) sets it for a fresh process.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import types
@@ -29,6 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 M9 = "BAAI/AltDiffusion-m9"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -242,7 +249,7 @@ def folder_files(folder: Path) -> set[str]:
 def generate(core, model, text_encoder, vae) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cond, _ = core.encode_prompt(text_encoder, "一只猫, watercolor")
     neg, _ = core.encode_prompt(text_encoder, "")
-    latent = core.sample_latent(model, [[cond, {}]], [[neg, {}]], torch.zeros(1, 4, 8, 8), seed=7, steps=2, cfg=7.5,
+    latent = core.sample_latent(model, cond, neg, torch.zeros(1, 4, 8, 8), seed=7, steps=2, cfg=7.5,
                                 sampler_name="euler", scheduler="normal")  # fmt: skip
     return cond, latent, core.decode_latent(vae, latent)
 
@@ -385,22 +392,81 @@ def test_offline_says_which_folder_to_fill(pack, fake_hub, roots, monkeypatch):
     assert fake_hub.log == [] and not any(roots.diffusers.iterdir())
 
 
-def test_no_connection_says_which_folder_to_fill(pack, roots, monkeypatch):
-    import socket
+@pytest.fixture
+def attempts(monkeypatch) -> types.SimpleNamespace:
+    """Counts connection attempts: ``hosts`` gets the host of each (every connection starts with ``socket.getaddrinfo``),
+    ``sleeps`` each wait between retries, which is skipped (huggingface_hub backs off 1+2+4+8+8 s). A name under
+    ``.invalid`` fails as every resolver answers it (RFC 6761), with no lookup sent."""
+    record = types.SimpleNamespace(hosts=[], sleeps=[])
+    real_getaddrinfo = socket.getaddrinfo
 
-    with socket.socket() as probe:  # a port nothing listens on
+    def getaddrinfo(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        record.hosts.append(name)
+        if name.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(time, "sleep", record.sleeps.append)
+    return record
+
+
+def refused_url() -> str:
+    """An http URL on 127.0.0.1 whose port nothing listens on (the connection is refused)."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    point_hub_at(monkeypatch, f"http://127.0.0.1:{port}")
-    # huggingface_hub retries a refused connection 5 times, waiting 1+2+4+8+8 s (as a user waits); the test does not.
-    import huggingface_hub.utils._http as http
+    return f"http://127.0.0.1:{port}"
 
-    no_wait = {name: value for name, value in vars(time).items() if not name.startswith("__")} | {"sleep": lambda s: None}
-    monkeypatch.setattr(http, "time", types.SimpleNamespace(**no_wait))
-    with pytest.raises(pack.altdiff_core.ModelNotFoundError, match=f"cannot download {M9} .*ConnectError") as err:
-        pack.nodes.loader.resolve_model(M9)
-    assert str(roots.diffusers / "AltDiffusion-m9") in str(err.value) and "Traceback" not in str(err.value)
-    assert not any(roots.diffusers.iterdir())
+
+@pytest.mark.parametrize(
+    ("url", "host", "why"),
+    [
+        ("http://hub.altdiffusion.invalid", "hub.altdiffusion.invalid", "cannot be resolved"),  # no network: DNS fails
+        (None, "127.0.0.1", "refused the connection"),  # nothing listens there (refused_url)
+    ],
+    ids=["unresolvable-host", "refused"],
+)
+def test_no_connection_says_which_folder_to_fill_after_one_attempt(pack, roots, monkeypatch, attempts, url, host, why):
+    """The command line's path (``python . --model BAAI/AltDiffusion-m9``) with no network: one attempt, then the folder
+    to fill — not huggingface_hub's 5 retries (23 s of backoff, plus each lookup's own wait: 40-50 s as users saw it)."""
+    point_hub_at(monkeypatch, url or refused_url())
+    from huggingface_hub.utils import build_hf_headers
+
+    build_hf_headers()  # once per process huggingface_hub 2.x asks the endpoint for its agent registry: not a retry
+    attempts.hosts.clear()
+    with pytest.raises(pack.altdiff_core.ModelNotFoundError) as err:
+        cli().resolve_model_argument(M9)
+    message = str(err.value)
+    assert attempts.hosts == [host] and attempts.sleeps == []
+    assert message.startswith(f"cannot download {M9} (") and why in message and "ConnectError" in message
+    assert f"files in {roots.diffusers / 'AltDiffusion-m9'} by hand" in message and "safety_checker/" in message
+    assert "Traceback" not in message and not any(roots.diffusers.iterdir())
+
+
+def test_hf_endpoint_sends_the_download_to_a_mirror(fake_hub, tmp_path):
+    """``HF_ENDPOINT`` (how many AltDiffusion users reach the Hub: a mirror) is read by huggingface_hub at import, so a
+    fresh process with it set, and nothing patched but the model folders, downloads from the fake hub."""
+    models = tmp_path / "models"
+    script = textwrap.dedent(
+        f"""
+        import runpy
+        from pathlib import Path
+        runpy.run_path("__main__.py", run_name="bootstrap")["load_pack"]()
+        from comfyui_altdiffusion.nodes import cli, comfy_seam
+        comfy_seam.model_roots = lambda: [Path({str(models)!r})]
+        comfy_seam.hub_download_dir = lambda: Path({str(models)!r})
+        print(cli.resolve_model_argument({M9!r}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env |= {"HF_ENDPOINT": fake_hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    target = models / "AltDiffusion-m9"
+    assert result.stdout.strip().splitlines()[-1] == str(target)
+    assert folder_files(target) == EXPECTED_FILES and sorted(fake_hub.gets()) == sorted(EXPECTED_FILES)
 
 
 def test_a_half_filled_folder_is_not_overwritten(pack, hub_endpoint, roots):
