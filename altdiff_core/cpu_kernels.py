@@ -1,56 +1,13 @@
-"""Faster CPU kernels for the models' matrix multiplies, swapped in when a model is built (``use_cpu_kernels``).
+"""Faster CPU kernels for the models' matrix multiplies, swapped in when a model is built for the CPU
+(``use_cpu_kernels``).
 
-Two layers, each keeping the parameters and state-dict keys of the layer it replaces and falling back to it on any
-input its rule does not cover (GPUs in particular keep cuBLAS/cuDNN, so CUDA results are untouched):
-
-**``OneDnnLinear``** (every plain ``nn.Linear``): on the CPU, fp32 and bf16 linears go to oneDNN's matrix multiply
-(``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU linears) instead of MKL's
-``sgemm``, which ``F.linear`` uses in fp32. On the 2-core AMD EPYC VM, fp32, GFLOP/s (medians of 5, interleaved),
-MKL → oneDNN, for the UNet's shapes at 256² (rows = CFG batch 2 × pixels or tokens):
-
-=============================  ==========
-rows × in → out                fp32
-=============================  ==========
-2048 × 320 → 320               134 → 162
-2048 × 320 → 2560              145 → 168
-2048 × 1280 → 320              146 → 180
-512 × 640 → 5120               120 → 178
-128 × 1280 → 10240             92 → 174
-32 × 1280 → 10240              51 → 113
-128 × 11520 → 1280 (3×3 conv)  141 → 180
-=============================  ==========
-
-oneDNN was faster on all 23 shapes measured (0.45–0.96 of MKL's time). In bf16, where ``F.linear`` already uses
-oneDNN through another entry point, the op alone took 0.65–1.0 of its time and a whole UNet call is unchanged. The
-outputs differ from MKL's by summation order only (fp32: 1.4e-6 over a whole UNet call). Where the op is missing or
-fails a probe (another torch build), ``F.linear`` runs.
-
-**``SmallImageConv2d``** (the UNet's deep 3×3 convolutions): oneDNN is slow on 1280–2560 input channels over a few
-pixels (4×4 and 8×8 at 256², 8×8 at 512²). The same convolution written as ``unfold`` (the 3×3 neighbourhoods as
-columns) and one matrix multiply runs at the matrix multiply's rate. Measured per layer shape (CFG batch 2, GFLOP/s,
-oneDNN convolution → unfold + ``addmm``, before the multiply moved to oneDNN too):
-
-=========================  ==========  ===========
-layer (input → output)     fp32        bf16
-=========================  ==========  ===========
-2560 ch, 4×4 → 1280        41 → 112    81 → 265
-2560 ch, 8×8 → 1280        112 → 158   210 → 340
-1920 ch, 8×8 → 1280        113 → 153   204 → 330
-1280 ch, 8×8 → 1280        104 → 148   338 → 334
-1280 ch, 8×8 → 4×4 (s 2)   37 → 106    207 → 258
-1280 ch, 4×4 → 1280        35 → 101    203 → 251
-640 ch, 8×8 → 1280         191 → 147   371 → 335
-1280 ch, 16×16 → 1280      176 → 163   441 → 340
-=========================  ==========  ===========
-
-Hence the rule (``uses_matmul``): CPU, at least ``MIN_CHANNELS`` input channels, at most ``MAX_PIXELS`` output pixels
-per image. Their outputs differ from oneDNN's convolution by 1e-6 (fp32, outputs up to 1.3) — summation order only.
-With the multiply on oneDNN too, 16×16 layers were tried again: the same speed either way (a whole call 1.015×), so
-``MAX_PIXELS`` stays at 64.
-
-Whole fp32 UNet call at 256² (CFG batch 2, interleaved medians of 4): the convolutions took it from 2.99 to 2.66 s
-(0.87×); oneDNN's linears then from 3.06 to 2.48 s (0.81×, max difference 1.3e-6 on outputs up to 1.5). In bf16 the
-linears change nothing (1.43 s either way, identical outputs: ``F.linear`` already reaches the same oneDNN kernel).
+**``OneDnnLinear``** (every plain ``nn.Linear``): fp32 and bf16 linears go to oneDNN's matrix multiply
+(``torch.ops.mkldnn._linear_pointwise``, the op torch's compiler emits for CPU linears) instead of MKL's ``sgemm``,
+which ``F.linear`` uses in fp32 and which ran the UNet's shapes at 0.45–0.96 of oneDNN's rate on an AVX512 EPYC.
+**``SmallImageConv2d``** (the UNet's deep 3×3 convolutions over at most 8×8 pixels): oneDNN's convolution is slow
+there; unfold + one matrix multiply runs at the multiply's rate. Both keep the parameters and keys of the layer they
+replace, fall back to it on any input their rule does not cover, and differ from it by summation order only (1.4e-6
+over a whole fp32 UNet call). The measurements: ``bench/reports/cpu-2core-2026-11-27-cpu_kernel_choices.md``.
 """
 
 from __future__ import annotations
@@ -67,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 """Dtypes ``linear`` sends to oneDNN on the CPU (fp16 matrix multiplies on a CPU stay with ``F.linear``)."""
+
+CPU_DEVICE_TYPES = ("cpu", "meta")
+"""Devices ``use_cpu_kernels`` swaps layers for: the CPU, and the meta device (a model built without memory, e.g. to
+be inspected, computes nowhere yet)."""
 
 MIN_CHANNELS = 1280
 """Fewest input channels for the matrix-multiply form (640 channels at 8×8: oneDNN is faster, 191 against 147)."""
@@ -114,7 +75,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``: ``x`` (..., in) × ``weight`` (out, in) + ``bias`` (out) → (..., out), through oneDNN where
-    ``uses_onednn`` says (see the module table)."""
+    ``uses_onednn`` says (see the module docstring)."""
     if uses_onednn(x, weight, bias):
         return onednn_linear_op(x.dtype)(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -161,7 +122,7 @@ def small_image_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bia
 
 
 def uses_matmul(x: torch.Tensor, out_pixels: int) -> bool:
-    """Whether ``SmallImageConv2d`` takes the matrix-multiply form for the 4-D input ``x`` (see the module table)."""
+    """Whether ``SmallImageConv2d`` takes the matrix-multiply form for the 4-D input ``x`` (``MIN_CHANNELS``, ``MAX_PIXELS``)."""
     return x.device.type == "cpu" and x.dim() == 4 and x.shape[1] >= MIN_CHANNELS and 0 < out_pixels <= MAX_PIXELS
 
 
@@ -201,9 +162,12 @@ REPLACEMENTS: tuple[tuple[Callable[[nn.Module], bool], Callable[[nn.Module], nn.
 """(which layers, what replaces them): exact types only, so subclasses with their own behaviour are left alone."""
 
 
-def use_cpu_kernels(model: nn.Module) -> int:
+def use_cpu_kernels(model: nn.Module, device: torch.device | str = "cpu") -> int:
     """Replace, in place, every layer of ``model`` that ``REPLACEMENTS`` names by its faster-on-CPU twin holding the
-    same parameter objects (works on the meta device, before the weights are loaded). Returns how many were replaced."""
+    same parameter objects (works on the meta device, before the weights are loaded), when ``model`` is to run on the
+    CPU; elsewhere nothing (a GPU would pay a Python check per layer for nothing). Returns how many were replaced."""
+    if torch.device(device).type not in CPU_DEVICE_TYPES:
+        return 0
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -158,7 +158,7 @@ def build_text_encoder(
             f"({' then '.join(variant.head_layers)}) to make the UNet's conditioning. The file is incomplete, or it "
             f"is not {variant.name} and its config says otherwise; download the model again."
         )
-    use_cpu_kernels(module)
+    use_cpu_kernels(module, device)
     load_into(module, state_dict, source, ignored_key_prefixes(variant), dtype=dtype, device=device)
     return TextEncoder(module, tokenizer, variant, torch.device(device), dtype, source)
 
@@ -176,7 +176,7 @@ def build_unet(
     """The UNet from a diffusers ``unet/config.json`` dict and diffusers-named weights, with ``cpu_kernels``' layers
     (faster on the CPU, the same elsewhere)."""
     unet = build_empty(lambda: UNet2DConditionModel.from_config(config))
-    use_cpu_kernels(unet)
+    use_cpu_kernels(unet, device)
     load_into(unet, state_dict, source, dtype=dtype, device=device)
     return DiffusionModel(unet, schedule.to(device), variant, torch.device(device), dtype, source)
 
@@ -186,7 +186,7 @@ def build_vae(
 ) -> VAE:
     """The VAE from a diffusers ``vae/config.json`` dict and diffusers-named weights (old attention names accepted)."""
     vae = build_empty(lambda: AutoencoderKL.from_config(config))
-    use_cpu_kernels(vae)
+    use_cpu_kernels(vae, device)
     load_into(vae, rename_legacy_vae_keys(state_dict), source, dtype=dtype, device=device)
     scaling = float(config.get("scaling_factor", 0.18215))
     return VAE(vae, scaling, torch.device(device), dtype, source)

@@ -13,6 +13,7 @@ Format: 8-byte little-endian header length, a JSON header ``{name: {"dtype", "sh
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import os
@@ -34,14 +35,9 @@ MAX_DIMS = 64
 """Most dimensions a tensor may declare (weights have at most 5; torch's own kernels stop at 25–64)."""
 
 CHUNK_BYTES = 2**20
-"""Largest piece one worker reads at a time. Measured on the 2-core VM, warm page cache, fresh processes:
-
-- the 3 GB m9 single file as stored: one reader, one read per tensor, 1.7–1.9 s; two threads 0.85–1.1 s; two threads
-  each faulting in its piece's pages first (``MADV_POPULATE_WRITE``) with 32 MB pieces 1.06–1.43 s, 1 MB pieces
-  0.82–1.14 s (interleaved rounds); three or four threads no better than two;
-- the 1.7 GB fp16 UNet cast to fp32: 32 MB pieces 1.31–1.67 s, 1 MB pieces 0.92–1.34 s (the piece goes through a
-  scratch buffer that now stays in the core's 1 MB L2 cache), against 0.88–1.18 s for safetensors' memory map +
-  ``.to(float32)``, which reads straight from the mapped page cache.
+"""Largest piece one worker reads at a time: small enough that the scratch buffer a cast goes through stays in a
+core's L2 cache (1 MB pieces read a 3 GB file in 0.82–1.14 s on 2 cores, 32 MB ones 1.06–1.43 s; measurements in
+``bench/reports/cpu-2core-2026-11-27-cpu_kernel_choices.md``).
 """
 
 MAX_WORKERS = 8
@@ -277,6 +273,7 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, usable))
 
 
+@functools.cache
 def _madvise() -> Callable[[int, int, int], int] | None:
     """libc's ``madvise`` on Linux (where ``MADV_POPULATE_WRITE`` exists, kernel 5.14+), else ``None``."""
     if not sys.platform.startswith("linux"):
@@ -290,7 +287,6 @@ def _madvise() -> Callable[[int, int, int], int] | None:
     return function
 
 
-_MADVISE = _madvise()
 _MADV_POPULATE_WRITE = 23
 _PAGE = 4096
 
@@ -298,10 +294,11 @@ _PAGE = 4096
 def _prefault(target: torch.Tensor) -> None:
     """Fault in ``target``'s pages in one call before reading into them, instead of one fault per page inside
     ``read``. An optimisation only: where the call is missing or refused (older kernels: EINVAL) nothing changes."""
-    if _MADVISE is None or not target.numel():
+    madvise = _madvise()  # looked up on first use, not at import
+    if madvise is None or not target.numel():
         return
     start = target.data_ptr() & ~(_PAGE - 1)
-    _MADVISE(start, target.data_ptr() + target.nbytes - start, _MADV_POPULATE_WRITE)
+    madvise(start, target.data_ptr() + target.nbytes - start, _MADV_POPULATE_WRITE)
 
 
 def _read_fully(f, view: memoryview) -> int:

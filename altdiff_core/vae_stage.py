@@ -18,10 +18,9 @@ from .convert import crop_to_multiple, image_to_pixels, pixels_to_image
 from .errors import InvalidInputError
 
 CPU_MEMORY_FORMAT = torch.channels_last
-"""Layout of the VAE's input on the CPU. oneDNN then runs every convolution channels-last (the input's layout carries
-through the network; the weights stay as loaded): on the 2-core EPYC VM, SD VAE at 256², medians of 6, interleaved,
-decode 0.90× (bf16) / 0.91× (fp32), encode 0.89× / 0.91×; at 512² bf16 decode 0.83×, encode 0.78×. On CUDA the same
-layout made an H200 slower (fp16 decode 22.4 → 27.9 ms, 1.24×), so GPUs get the input as it is."""
+"""Layout of the VAE's input on the CPU: oneDNN then runs every convolution channels-last (0.78–0.91× the time on an
+AVX512 EPYC; ``bench/reports/cpu-2core-2026-11-27-cpu_kernel_choices.md``). GPUs get the input as it is (an H200 was
+1.24× slower channels-last)."""
 
 OUTPUT_FIX = (
     "its weights contain NaN/inf, or it overflowed (SD VAEs do in fp16 at high resolution); load it with vae_dtype fp32 "

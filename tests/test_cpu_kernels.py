@@ -85,6 +85,14 @@ def test_stride_two_counts_output_pixels(kernels, monkeypatch):
         assert _conv(kernels, 1280, 4, stride=2)(torch.randn(1, 1280, 16, 16)).shape == (1, 4, 8, 8)
 
 
+def test_models_for_a_gpu_keep_their_layers(kernels):
+    """A model built for CUDA (or any device but the CPU) is left as it is: no Python check per layer there."""
+    model = nn.Sequential(nn.Linear(8, 4), nn.Conv2d(1280, 8, 3, padding=1))
+    assert kernels.use_cpu_kernels(model, torch.device("cuda")) == 0 and kernels.use_cpu_kernels(model, "mps") == 0
+    assert type(model[0]) is nn.Linear and type(model[1]) is nn.Conv2d
+    assert kernels.use_cpu_kernels(model, "cpu") == 2
+
+
 class _LinearWithItsOwnForward(nn.Linear):
     """Stands for a subclass with its own behaviour (a LoRA layer, say): never replaced."""
 
