@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One short run on a rented GPU machine: the pipeline benchmark (ours vs diffusers, fp16, 512², 20 steps), then the
-# in-process KSampler parity table (ComfyUI's comfy.sample.sample vs our engine, 28 samplers × 9 schedulers, fp32).
+# One short run on a rented GPU machine: the pipeline benchmark (ours vs diffusers, fp16, 512², 20 steps), the default
+# dtype's drift (tests/test_default_dtype_drift.py on CUDA: auto = fp16 against fp32 on tiny models, within bounds
+# derived from an fp16-rounding emulation), then the in-process KSampler parity table (ComfyUI's comfy.sample.sample
+# vs our engine, 28 samplers × 9 schedulers, fp32).
 #
 #   OUT=/some/folder bash bench/gpu_check.sh        # from the pack's folder; results and the log go to $OUT
 #
@@ -85,6 +87,11 @@ fi
 stage "ComfyUI memory manager with our parts (limit 90 s)"
 timeout -k 10 90 "$PY" bench/comfy_memory_check.py --comfyui .devcarry/comfyui --out "$OUT/comfy_memory_check.json"
 echo "memory check exit status $? (0: all checks hold)"
+
+stage "default-dtype drift: auto (fp16 on CUDA) against fp32 (limit 120 s)"
+# The test module runs wherever torch sees a GPU; its log lines give each stage's max/mean drift, bound and growth factor.
+timeout -k 10 120 "$PY" -m pytest -q tests/test_default_dtype_drift.py -o log_cli=true --log-cli-level=INFO
+echo "drift test exit status $? (0: within the derived bounds, 1: some beyond, 124: its time limit)"
 
 LEFT_S=$((BUDGET_S - (SECONDS - STARTED)))
 ((LEFT_S < 60)) && LEFT_S=60 # a minute still shows whether ComfyUI imports and the first pairs agree
