@@ -5,7 +5,7 @@ over these functions.
 """
 
 from .components import VAE, DiffusionModel, LoadedModel, TextEncoder
-from .denoise import prepare_noise, sample_latent
+from .denoise import CondEntry, SamplerInputError, prepare_noise, sample_latent
 from .errors import (
     AltDiffusionError,
     InvalidInputError,
@@ -31,12 +31,14 @@ __all__ = [
     "VAE",
     "VARIANTS",
     "AltDiffusionError",
+    "CondEntry",
     "DiffusionModel",
     "InvalidInputError",
     "LoadedModel",
     "ModelFormatError",
     "ModelNotFoundError",
     "NotAltDiffusionError",
+    "SamplerInputError",
     "TooLargeForMemoryError",
     "TextEncoder",
     "Variant",

@@ -4,6 +4,9 @@
 |-----------------------|-------------------------------------|--------------------------------------------|
 | ComfyUI sockets       | IMAGE ``[B,H,W,C]`` float32 0..1 CPU | LATENT ``samples`` ``[B,4,H/8,W/8]`` float32 CPU, raw |
 | engine (VAE, sampler) | ``[B,C,H,W]`` in [-1, 1]            | model space = raw × ``scaling_factor`` (0.18215 for SD VAEs) |
+
+These are the tensors' layouts and scales; the sockets' containers (a LATENT dict, a CONDITIONING list of
+``[context, options]`` pairs) are unpacked by the nodes, which hand the engine plain tensors.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ Everything happens in k-diffusion's (VE) parameterisation on the float32 CPU-or-
   in the model's dtype, and predicts ε; the denoised estimate is ``x − ε·σ``;
 - CFG: ``uncond + (cond − uncond)·cfg`` on the denoised estimates, as ComfyUI writes it; cfg = 1 skips the
   unconditional pass (half the UNet rows);
-- several conditioning entries (``ConditioningCombine``) are averaged weighted by their ``strength``, and entries
-  with ``start_percent``/``end_percent`` (``ConditioningSetTimestepRange``) only act inside their σ range;
+- several conditioning entries (``CondEntry``, as ComfyUI's ``ConditioningCombine`` makes them) are averaged weighted
+  by their ``strength``, and entries with ``start_percent``/``end_percent`` (``ConditioningSetTimestepRange``) only
+  act inside their σ range;
 - noise: ``torch.manual_seed(seed)`` + ``randn`` of the latent's shape on the CPU (per-index with ``batch_index``);
   start ``x = noise·sqrt(1 + σ₀²)`` at full denoise, else ``latent·scale + noise·σ₀``; ``add_noise=False``
   (``KSamplerAdvanced``'s ``add_noise = disable``) uses zero noise, so a half-denoised latent continues as it is;
@@ -15,14 +16,17 @@ Everything happens in k-diffusion's (VE) parameterisation on the float32 CPU-or-
   (``schedules.advanced_sigmas``), so a run can stop mid-schedule and another sampler (ours or KSampler) finish it;
 - ``noise_mask`` (1 = resample) keeps the rest of the latent pinned, as ``KSamplerX0Inpaint`` does.
 
-Latents in and out are raw (unscaled) VAE latents ``[B, 4, H/8, W/8]`` float32 on the CPU.
+The inputs are plain tensors: raw (unscaled) VAE latents ``[B, 4, H/8, W/8]`` (out: float32 on the CPU) and the text
+encoder's contexts ``[B, T, width]``; unpacking ComfyUI's LATENT and CONDITIONING is the nodes' job. A bad input that
+another stage made raises a ``SamplerInputError`` naming it, so that a node can add which of its sockets to fix.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,48 +45,253 @@ from .checks import (
 from .components import DiffusionModel
 from .convert import latent_to_model, model_to_latent
 from .errors import InvalidInputError
-from .samplers import SAMPLERS
-from .samplers import sample as run_sampler
+from .samplers import SamplerSpec, StepCallback, get_sampler
 from .schedules import advanced_sigmas
 from .variants import Variant
 
 logger = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
-"""``callback(step, total, x, denoised)``: called after each step; raise to cancel."""
 
-UNSUPPORTED_COND_KEYS = {
-    "area": "area conditioning (ConditioningSetArea)",
-    "mask": "mask conditioning (ConditioningSetMask)",
-    "control": "ControlNet",
-    "gligen": "GLIGEN",
-    "hooks": "conditioning hooks",
-}
+class SamplerInputError(InvalidInputError):
+    """An input of ``sample_latent`` that another stage made cannot be sampled. ``argument`` names it: "latent",
+    "noise_mask", "batch_index", "positive" or "negative". The message says what is wrong and how to fix it in the
+    engine's terms; a caller that knows where the input came from (a node's socket) can add how to fix it there."""
+
+    def __init__(self, message: str, argument: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+@contextmanager
+def _about(argument: str) -> Iterator[None]:
+    """Re-raise the ``InvalidInputError`` of a check inside as a ``SamplerInputError`` about ``argument``."""
+    try:
+        yield
+    except InvalidInputError as err:
+        raise SamplerInputError(str(err), argument).with_traceback(err.__traceback__) from None
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+
+
+def sample_latent(
+    model: DiffusionModel,
+    positive: torch.Tensor | Sequence[CondEntry],
+    negative: torch.Tensor | Sequence[CondEntry],
+    latent: torch.Tensor,
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    denoise: float = 1.0,
+    noise_mask: torch.Tensor | None = None,
+    batch_index: Sequence[int] | None = None,
+    callback: StepCallback | None = None,
+    sigmas: torch.Tensor | None = None,
+    add_noise: bool = True,
+    start_at_step: int | None = None,
+    end_at_step: int | None = None,
+    force_full_denoise: bool = False,
+) -> torch.Tensor:
+    """Run the sampler; ``latent`` raw ``[B,4,h,w]`` → raw ``[B,4,h,w]`` float32 on the CPU.
+
+    Args:
+        positive, negative: a text encoder's context ``[1 or B, T, width]`` (``encode_prompt``'s first output), or a
+            list of ``CondEntry`` (contexts weighted by strength, or acting in part of the schedule).
+        latent: the starting raw latent, float (zeros for txt2img).
+        seed: noise seed (0 … 2⁶⁴−1, KSampler's range), drawn on the CPU as KSampler draws it; the stochastic samplers'
+            extra noise comes from it too.
+        steps, cfg, sampler_name, scheduler, denoise: as KSampler's inputs; denoise < 1 keeps the last
+            ``steps`` of ``int(steps / denoise)`` (img2img).
+        noise_mask: optional mask ``[B?, H, W]`` of any resolution (resized to the latent's): 1 = resample, 0 = keep.
+        batch_index: optional per-image noise indices, one whole number ≥ 0 per image.
+        callback: ``callback(step, total, x, denoised)`` after each step (progress, cancel, previews).
+        sigmas: an explicit σ schedule (1-D, descending) replacing scheduler/steps/denoise/start/end.
+        add_noise: False = start from the latent itself (zero noise), for a latent that still carries the noise of
+            an earlier partial run (``KSamplerAdvanced``'s ``add_noise = disable``).
+        start_at_step, end_at_step: run only steps ``start_at_step … end_at_step − 1`` of the schedule
+            (``KSamplerAdvanced``); None = from the first / to the last.
+        force_full_denoise: with ``end_at_step`` before the last step, make the last σ 0 so the result is
+            denoised (``return_with_leftover_noise = disable``); False returns it with the leftover noise.
+
+    A schedule with no step left (``denoise`` 0, ``start_at_step`` past the end) returns the latent unchanged.
+
+    Raises:
+        SamplerInputError: the latent (a wrong shape, an empty batch, a 0 height/width, too small for the UNet's
+            group norms, NaN/inf values), the noise mask, batch_index or a conditioning; its ``argument`` says which.
+        InvalidInputError: a seed outside 0 … 2⁶⁴−1, a non-finite cfg, an unknown sampler; what
+            ``schedules.advanced_sigmas`` refuses (scheduler, steps, denoise, step indices, a schedule longer than
+            ``schedules.MAX_SCHEDULE_STEPS``) or malformed ``sigmas``; and, after any step, a NaN/inf result (the
+            model's weights hold NaN/inf or its dtype overflowed).
+        TooLargeForMemoryError: the latent's size and batch need more working memory than the device has
+            (``checks.unet_working_bytes``); refused before anything is allocated.
+    """
+    spec = get_sampler(sampler_name)
+    _check_inputs(model, latent, noise_mask, batch_index, seed=seed, cfg=cfg)
+    guider = Guider(model, scheduled_entries(model, positive, "positive"), scheduled_entries(model, negative, "negative"), cfg)
+    if sigmas is None:
+        sigmas = advanced_sigmas(
+            model.schedule, scheduler, steps, denoise=denoise, sampler_name=sampler_name, start_at_step=start_at_step,
+            end_at_step=end_at_step, force_full_denoise=force_full_denoise,
+        )  # fmt: skip
+    else:
+        sigmas = _checked_sigmas(sigmas)
+    latent = latent.float().cpu()
+    if len(sigmas) == 0:  # ComfyUI's CFGGuider.sample: nothing to do, the input comes back (a single σ still noises)
+        return latent.clone()
+    noise = prepare_noise(latent, seed, batch_index) if add_noise else torch.zeros_like(latent)
+    return _run(model, spec, guider, latent, noise, sigmas, noise_mask=noise_mask, seed=seed, callback=callback)
+
+
+def _run(
+    model: DiffusionModel,
+    spec: SamplerSpec,
+    guider: Guider,
+    latent: torch.Tensor,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_mask: torch.Tensor | None,
+    seed: int,
+    callback: StepCallback | None,
+) -> torch.Tensor:
+    """The sampling proper, on the model's device: noise the scaled latent to ``sigmas[0]``, run ``spec`` along
+    ``sigmas`` (stopping at the first step that turns NaN/inf) and scale back. ``latent`` and ``noise``: raw float32
+    ``[B,4,h,w]`` on the CPU; returns the same."""
+    device = model.device
+    scaled = latent_to_model(latent, model.latent_scale)
+    noise_d, scaled_d, sigmas = noise.to(device), scaled.to(device), sigmas.float().to(device)
+    x = _noised(model, scaled_d, noise_d, sigmas)
+    denoiser: Callable = guider
+    if noise_mask is not None:
+        denoiser = _masked(denoiser, spec, noise_mask, scaled_d, noise_d, seed)
+    failure = _failure_message(model, latent)
+    out = spec.run(denoiser, x, sigmas, seed=seed, schedule=model.schedule, callback=_finite_steps(callback, failure))
+    out = model_to_latent(out.float(), model.latent_scale).cpu()
+    check_finite(out, "the sampled latent", failure(None, None))
+    return out
+
+
+def _noised(model: DiffusionModel, scaled: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """The starting ``x`` at ``sigmas[0]``, ComfyUI's ``EPS.noise_scaling`` in its float32 arithmetic: the noise times
+    ``sqrt(1 + σ₀²)`` at full denoise (σ₀ at σ_max), times ``σ₀`` for img2img, plus the scaled latent."""
+    sigma0 = float(sigmas[0])
+    full = math.isclose(float(model.schedule.sigma_max), sigma0, rel_tol=1e-5) or sigma0 > float(model.schedule.sigma_max)
+    return noise * (torch.sqrt(1.0 + sigmas[0] ** 2.0) if full else sigmas[0]) + scaled
+
+
+def _masked(
+    denoiser: Callable, spec: SamplerSpec, noise_mask: torch.Tensor, scaled: torch.Tensor, noise: torch.Tensor, seed: int
+) -> MaskedDenoiser:
+    """``denoiser`` with the latent pinned outside ``noise_mask``, re-noised with the noise ComfyUI pins it with."""
+    mask = prepare_mask(noise_mask, scaled.shape).to(scaled.device)
+    pin_noise = noise
+    if spec.random_inpaint_noise:  # ComfyUI's ddim: fresh noise from seed + 1
+        # (wrapped past 2⁶⁴−1, where ComfyUI's torch.manual_seed(seed + 1) raises an overflow error)
+        fresh = torch.randn(scaled.shape, generator=torch.manual_seed((seed + 1) % 2**64), device="cpu")
+        pin_noise = fresh.to(scaled.device)
+    return MaskedDenoiser(denoiser, mask, scaled, pin_noise)
+
+
+# ------------------------------------------------------------------------------------------------ conditioning
 
 
 @dataclass(frozen=True)
 class CondEntry:
-    """One conditioning entry as the sampler uses it.
+    """One of several contexts guiding the same run (the entries of ComfyUI's ``ConditioningCombine`` and
+    ``ConditioningSetTimestepRange``). A plain context tensor stands for one entry with these defaults.
 
     Attributes:
-        context: float ``[1, T, context_dim]``.
-        strength: weight in the average over entries.
-        sigma_start, sigma_end: the entry acts while ``sigma_end ≤ σ ≤ sigma_start``.
+        context: a text encoder's output, float ``[B, T, width]``: B 1 or the latent's batch, T tokens (77·k),
+            width the UNet's ``context_dim`` (768 for m2/m9, 1024 for m18).
+        strength: its weight in the mean over the entries active at a σ; a finite number.
+        start_percent, end_percent: where in the schedule it acts, as fractions of the model's timesteps
+            (0 = the noisiest σ, 1 = the end; ComfyUI's percent, see ``percent_to_sigma``).
     """
 
     context: torch.Tensor
     strength: float = 1.0
-    sigma_start: float = math.inf
-    sigma_end: float = 0.0
+    start_percent: float = 0.0
+    end_percent: float = 1.0
 
 
-def percent_to_sigma(model: DiffusionModel, percent: float) -> float:
-    """ComfyUI's ``ModelSamplingDiscrete.percent_to_sigma``: 0 → above σ_max, 1 → 0."""
-    if percent <= 0.0:
-        return 999999999.9
-    if percent >= 1.0:
-        return 0.0
-    return float(model.schedule.sigma(torch.tensor((1.0 - percent) * 999.0)))
+@dataclass(frozen=True)
+class ScheduledEntry:
+    """A checked ``CondEntry`` as the ``Guider`` uses it: it acts while ``sigma_end ≤ σ ≤ sigma_start``."""
+
+    context: torch.Tensor
+    strength: float
+    sigma_start: float
+    sigma_end: float
+
+
+def scheduled_entries(model: DiffusionModel, conditioning: torch.Tensor | Sequence[CondEntry], role: str) -> list[ScheduledEntry]:
+    """``conditioning`` (a context tensor, or a non-empty list of ``CondEntry``) checked against ``model``.
+
+    Raises:
+        SamplerInputError: about ``role`` ("positive" or "negative"): neither a tensor nor a list of entries; a
+            context that is not ``[batch, tokens, width]``, is empty, has the wrong width or holds NaN/inf; a
+            strength or percent that is not a finite number.
+    """
+    with _about(role):
+        entries = [CondEntry(conditioning)] if isinstance(conditioning, torch.Tensor) else conditioning
+        if not isinstance(entries, (list, tuple)) or not entries or not all(isinstance(e, CondEntry) for e in entries):
+            raise InvalidInputError(
+                f"{role} conditioning is {_kind(conditioning)}, not a [batch, tokens, width] tensor or a non-empty "
+                "list of CondEntry; give encode_prompt's output."
+            )
+        return [_scheduled(model, entry, role) for entry in entries]
+
+
+def _kind(value: object) -> str:
+    """A value that is not what was expected, for a message: its type (a list's with its first item's)."""
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {type(value[0]).__name__}" if value else f"an empty {type(value).__name__}"
+    return f"a {type(value).__name__}"
+
+
+def _scheduled(model: DiffusionModel, entry: CondEntry, role: str) -> ScheduledEntry:
+    """One entry checked (shape, width, values, numbers), its percents turned into σs."""
+    context = entry.context
+    if not isinstance(context, torch.Tensor) or context.is_complex() or context.ndim != 3:
+        dtype = str(getattr(context, "dtype", "")).removeprefix("torch.")
+        got = f"a {dtype} tensor of shape {tuple(context.shape)}" if isinstance(context, torch.Tensor) else _kind(context)
+        raise InvalidInputError(
+            f"{role} conditioning's context is {got}, not a real [batch, tokens, width] tensor; give encode_prompt's output."
+        )
+    if context.shape[0] == 0 or context.shape[1] == 0:
+        raise InvalidInputError(
+            f"{role} conditioning is an empty tensor of shape {tuple(context.shape)}; give encode_prompt's output "
+            "(an empty prompt still gives 77 tokens)."
+        )
+    check_width(context.shape[-1], model.variant, role)
+    check_finite(
+        context,
+        f"{role} conditioning",
+        "the text encoder's weights contain NaN/inf or its fp16 arithmetic overflowed; load the model with dtype "
+        "fp32 (or bf16), or download its text encoder again.",
+    )
+    return ScheduledEntry(
+        context=context,
+        strength=_finite(entry.strength, "strength", role, 1.0),
+        sigma_start=percent_to_sigma(model, _finite(entry.start_percent, "start_percent", role, 0.0)),
+        sigma_end=percent_to_sigma(model, _finite(entry.end_percent, "end_percent", role, 1.0)),
+    )
+
+
+def _finite(value: object, name: str, role: str, default: float) -> float:
+    """A conditioning entry's ``strength`` / ``start_percent`` / ``end_percent`` as a float; refused unless finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise InvalidInputError(
+            f"{role} conditioning's {name!r} is {value!r}, not a finite number; give a finite one (default {default})."
+        )
+    return number
 
 
 def check_width(width: int, variant: Variant, role: str) -> None:
@@ -95,79 +304,16 @@ def check_width(width: int, variant: Variant, role: str) -> None:
         )
 
 
-def to_cond_entries(model: DiffusionModel, conditioning: Sequence, role: str) -> list[CondEntry]:
-    """Check a CONDITIONING list (``[[tensor, dict], …]``) against ``model`` and convert it.
-
-    Raises:
-        InvalidInputError: wrong structure, wrong width, or an option this sampler cannot honour.
-    """
-    if not isinstance(conditioning, (list, tuple)) or not conditioning:
-        raise InvalidInputError(
-            f"{role} conditioning is an empty or non-list {type(conditioning).__name__}, not a CONDITIONING list "
-            "[[tensor, dict], …]; connect a text-encode node's output."
-        )
-    entries = []
-    for item in conditioning:
-        pair = list(item) if isinstance(item, (list, tuple)) else []
-        context, extras = pair[0] if pair else item, pair[1] if len(pair) > 1 else {}
-        if not pair or not isinstance(context, torch.Tensor) or context.ndim != 3 or not isinstance(extras, dict):
-            raise InvalidInputError(
-                f"{role} conditioning holds {type(item).__name__} {_short(item)}, not a pair [[batch, tokens, width] "
-                "tensor, dict]; connect a text-encode node's output."
-            )
-        if context.shape[0] == 0 or context.shape[1] == 0:
-            raise InvalidInputError(
-                f"{role} conditioning is an empty tensor of shape {tuple(context.shape)}; connect a text-encode node's output."
-            )
-        check_width(context.shape[-1], model.variant, role)
-        for key, what in UNSUPPORTED_COND_KEYS.items():
-            if extras.get(key) is not None:
-                raise InvalidInputError(
-                    f"{role} conditioning carries {what} ('{key}'), which the AltDiffusion sampler does not apply; "
-                    "remove that node, or sample with ComfyUI's KSampler (AltDiffusion UNet loaded by UNETLoader)."
-                )
-        check_finite(
-            context,
-            f"{role} conditioning",
-            "the text encoder's weights contain NaN/inf or its fp16 arithmetic overflowed; load the model with dtype "
-            "fp32 (or bf16), or download its text encoder again.",
-        )
-        entries.append(
-            CondEntry(
-                context=context,
-                strength=_number(extras, "strength", 1.0, role),
-                sigma_start=percent_to_sigma(model, _number(extras, "start_percent", 0.0, role)),
-                sigma_end=percent_to_sigma(model, _number(extras, "end_percent", 1.0, role)),
-            )
-        )
-    return entries
+def percent_to_sigma(model: DiffusionModel, percent: float) -> float:
+    """ComfyUI's ``ModelSamplingDiscrete.percent_to_sigma``: 0 → above σ_max, 1 → 0."""
+    if percent <= 0.0:
+        return 999999999.9
+    if percent >= 1.0:
+        return 0.0
+    return float(model.schedule.sigma(torch.tensor((1.0 - percent) * 999.0)))
 
 
-def _short(value: object) -> str:
-    """A conditioning entry in a message: tensors by shape, anything else cut to 60 characters."""
-    if isinstance(value, torch.Tensor):
-        return f"of shape {tuple(value.shape)}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_short(v) for v in value[:3]) + (", …]" if len(value) > 3 else "]")
-    text = repr(value)
-    return text if len(text) <= 60 else text[:60] + "…"
-
-
-def _number(extras: dict, key: str, default: float, role: str) -> float:
-    """A finite number from a conditioning entry's options (``strength``, ``start_percent``, ``end_percent``)."""
-    value = extras.get(key)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number):
-        raise InvalidInputError(
-            f"{role} conditioning's {key!r} is {value!r}, not a finite number; set it again in the node that added it "
-            f"(default {default})."
-        )
-    return number
+# ------------------------------------------------------------------------------------------------ noise, mask, CFG
 
 
 def prepare_noise(latent: torch.Tensor, seed: int, batch_index: Sequence[int] | None = None) -> torch.Tensor:
@@ -185,7 +331,7 @@ def prepare_noise(latent: torch.Tensor, seed: int, batch_index: Sequence[int] | 
 
 
 def prepare_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """ComfyUI's ``reshape_mask``: MASK ``[B?,H,W]`` → ``shape`` by bilinear resize and channel/batch repeat."""
+    """ComfyUI's ``reshape_mask``: a mask ``[B?,H,W]`` → ``shape`` by bilinear resize and channel/batch repeat."""
     mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
     mask = F.interpolate(mask, size=tuple(shape[2:]), mode="bilinear")
     mask = mask.repeat(1, shape[1], 1, 1)[:, : shape[1]]
@@ -215,7 +361,7 @@ class Guider:
     which leaves only the UNet implementations' own rounding (diffusers' vs ComfyUI's) between the two.
     """
 
-    def __init__(self, model: DiffusionModel, positive: list[CondEntry], negative: list[CondEntry], cfg: float):
+    def __init__(self, model: DiffusionModel, positive: list[ScheduledEntry], negative: list[ScheduledEntry], cfg: float):
         self.model = model
         self.positive = positive
         self.negative = None if math.isclose(cfg, 1.0) else negative
@@ -236,7 +382,7 @@ class Guider:
         return [x - e * sig for e in eps.float().chunk(len(contexts))]
 
     @staticmethod
-    def _mean(x: torch.Tensor, denoised: list[torch.Tensor], entries: list[CondEntry]) -> torch.Tensor:
+    def _mean(x: torch.Tensor, denoised: list[torch.Tensor], entries: list[ScheduledEntry]) -> torch.Tensor:
         """Strength-weighted mean, accumulated as ComfyUI does (no entry active, or all at strength 0: x0 = 0)."""
         out = torch.zeros_like(x)
         count = torch.full_like(x, 1e-37)
@@ -270,162 +416,45 @@ class MaskedDenoiser:
         return self.inner(x, sigma) * self.mask + self.latent * keep
 
 
-def sample_latent(
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def _check_inputs(
     model: DiffusionModel,
-    positive: Sequence,
-    negative: Sequence,
     latent: torch.Tensor,
+    noise_mask: torch.Tensor | None,
+    batch_index: Sequence[int] | None,
     *,
     seed: int,
-    steps: int,
     cfg: float,
-    sampler_name: str,
-    scheduler: str,
-    denoise: float = 1.0,
-    noise_mask: torch.Tensor | None = None,
-    batch_index: Sequence[int] | None = None,
-    callback: StepCallback | None = None,
-    sigmas: torch.Tensor | None = None,
-    add_noise: bool = True,
-    start_at_step: int | None = None,
-    end_at_step: int | None = None,
-    force_full_denoise: bool = False,
-) -> torch.Tensor:
-    """Run the sampler; ``latent`` raw ``[B,4,h,w]`` → raw ``[B,4,h,w]`` float32 on the CPU.
+) -> None:
+    """The latent, mask, batch_index, seed and cfg. The latent's values are read after its size is known to fit: an
+    expanded 1×4×65536×65536 view costs nothing to pass around, but a scan for NaN would allocate its full size."""
+    with _about("latent"):
+        _check_latent_shape(model, latent)
+    _check_seed_and_cfg(seed, cfg)
+    _check_memory(model, latent, cfg)
+    with _about("latent"):
+        check_finite(latent, "latent", "re-encode the image, or start from an all-zero latent.")
+    if noise_mask is not None:
+        with _about("noise_mask"):
+            _check_mask(noise_mask)
+    if batch_index is not None:
+        with _about("batch_index"):
+            _check_batch_index(batch_index, latent.shape[0])
 
-    Args:
-        positive, negative: CONDITIONING lists ``[[tensor [1,T,dim], dict], …]``.
-        latent: the starting raw latent (zeros for txt2img).
-        seed: noise seed (0 … 2⁶⁴−1, KSampler's range), drawn on the CPU as KSampler draws it; the stochastic samplers'
-            extra noise comes from it too.
-        steps, cfg, sampler_name, scheduler, denoise: as KSampler's inputs; denoise < 1 keeps the last
-            ``steps`` of ``int(steps / denoise)`` (img2img).
-        noise_mask: optional MASK, 1 = resample.
-        batch_index: optional per-image noise indices (LATENT ``batch_index``).
-        callback: ``callback(step, total, x, denoised)`` after each step (progress, cancel, previews).
-        sigmas: an explicit σ schedule (descending, float32) replacing scheduler/steps/denoise/start/end.
-        add_noise: False = start from the latent itself (zero noise), for a latent that still carries the noise of
-            an earlier partial run (``KSamplerAdvanced``'s ``add_noise = disable``).
-        start_at_step, end_at_step: run only steps ``start_at_step … end_at_step − 1`` of the schedule
-            (``KSamplerAdvanced``); None = from the first / to the last.
-        force_full_denoise: with ``end_at_step`` before the last step, make the last σ 0 so the result is
-            denoised (``return_with_leftover_noise = disable``); False returns it with the leftover noise.
 
-    A schedule with no step left (``denoise`` 0, ``start_at_step`` past the end) returns the latent unchanged.
-
-    Raises:
-        InvalidInputError: a value out of range, naming it and the fix: a latent of the wrong shape, with an empty
-            batch or a 0 height/width, or holding NaN/inf; a malformed or NaN noise mask, batch_index, conditioning
-            or sigmas; a seed outside 0 … 2⁶⁴−1; a non-finite cfg; a schedule longer than ``MAX_SCHEDULE_STEPS``
-            (a tiny denoise); and, after any step, a NaN/inf result (the model's weights hold NaN/inf or its dtype
-            overflowed).
-        TooLargeForMemoryError: the latent's size and batch need more working memory than the device has
-            (``checks.unet_working_bytes``); refused before anything is allocated.
-    """
-    latent = check_tensor(latent, "latent", "a [batch, 4, height/8, width/8] tensor", "connect a LATENT output.")
+def _check_latent_shape(model: DiffusionModel, latent: torch.Tensor) -> None:
+    """``[batch ≥ 1, the UNet's channels, h ≥ 1, w ≥ 1]``, and big enough for the UNet's group norms."""
     if latent.ndim != 4 or latent.shape[1] != model.latent_channels:
         raise InvalidInputError(
             f"latent of shape {tuple(latent.shape)} has {latent.shape[1] if latent.ndim > 1 else '?'} channels; this "
-            f"AltDiffusion UNet needs [batch, {model.latent_channels}, height/8, width/8]. Use an SD1/SD2-family latent "
-            "(EmptyLatentImage or the img2img-encode node)."
+            f"AltDiffusion UNet needs [batch, {model.latent_channels}, height/8, width/8], the latent of an "
+            "SD1/SD2-family VAE (zeros for txt2img, encode_image's output for img2img)."
         )
     check_batch(latent, "latent")
     _check_area(latent)
     _check_group_norm(model, latent)
-    _check_scalars(seed, steps, cfg)
-    if sampler_name not in SAMPLERS:
-        raise InvalidInputError(f"unknown sampler {sampler_name!r}; choose one of: {', '.join(SAMPLERS)}.")
-    _check_memory(model, latent, cfg)
-    check_finite(
-        latent,
-        "latent",
-        "it came from a node that diverged or was edited; re-encode the image or start from an EmptyLatentImage.",
-    )
-    if noise_mask is not None:
-        noise_mask = _checked_mask(noise_mask)
-    if batch_index is not None:
-        _check_batch_index(batch_index, latent.shape[0])
-    if sigmas is not None:
-        sigmas = check_tensor(sigmas, "sigmas", "a 1-D tensor of noise levels", "connect a SIGMAS output.")
-        check_finite(sigmas, "sigmas", "give a schedule of finite noise levels (a scheduler node's output).")
-    pos = to_cond_entries(model, positive, "positive")
-    neg = to_cond_entries(model, negative, "negative")
-    latent = latent.float().cpu()
-    if sigmas is None:
-        _check_schedule_length(steps, denoise)
-        try:
-            sigmas = advanced_sigmas(
-                model.schedule,
-                scheduler,
-                steps,
-                denoise=denoise,
-                sampler_name=sampler_name,
-                start_at_step=start_at_step,
-                end_at_step=end_at_step,
-                force_full_denoise=force_full_denoise,
-            )
-        except ValueError as err:
-            raise InvalidInputError(str(err)) from err
-    if len(sigmas) == 0:  # ComfyUI's CFGGuider.sample: nothing to do, the input comes back (a single σ still noises)
-        return latent.clone()
-    noise = prepare_noise(latent, seed, batch_index) if add_noise else torch.zeros_like(latent)
-    scaled = latent_to_model(latent, model.latent_scale)
-    device = model.device
-    noise_d, scaled_d, sigmas = noise.to(device), scaled.to(device), sigmas.float().to(device)
-    sigma0 = float(sigmas[0])
-    full = math.isclose(float(model.schedule.sigma_max), sigma0, rel_tol=1e-5) or sigma0 > float(model.schedule.sigma_max)
-    # EPS.noise_scaling, in its float32 arithmetic
-    x = noise_d * (torch.sqrt(1.0 + sigmas[0] ** 2.0) if full else sigmas[0]) + scaled_d
-    denoiser: Callable = Guider(model, pos, neg, cfg)
-    if noise_mask is not None:
-        mask = prepare_mask(noise_mask, latent.shape).to(device)
-        pin_noise = noise_d
-        if SAMPLERS[sampler_name].random_inpaint_noise:  # ComfyUI's ddim: fresh noise from seed + 1
-            # (wrapped past 2⁶⁴−1, where ComfyUI's torch.manual_seed(seed + 1) raises an overflow error)
-            pin_noise = torch.randn(latent.shape, generator=torch.manual_seed((seed + 1) % 2**64), device="cpu").to(device)
-        denoiser = MaskedDenoiser(denoiser, mask, scaled_d, pin_noise)
-    failure = _failure_message(model, latent)
-    out = run_sampler(
-        sampler_name, denoiser, x, sigmas, seed=seed, schedule=model.schedule, callback=_finite_steps(callback, failure)
-    )
-    out = model_to_latent(out.float(), model.latent_scale).cpu()
-    check_finite(out, "the sampled latent", failure(None, None))
-    return out
-
-
-SEED_RANGE = (0, 2**64 - 1)
-"""Seeds KSampler accepts (its widget's range; ``torch.manual_seed`` refuses larger ones)."""
-
-
-def _check_scalars(seed: int, steps: int, cfg: float) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        raise InvalidInputError(
-            f"seed is {seed!r}; give a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} (KSampler's range)."
-        )
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise InvalidInputError(f"steps is {steps!r}; give at least 1 sampling step.")
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float, np.number)) or not math.isfinite(cfg):
-        raise InvalidInputError(f"cfg is {cfg!r}; give a finite guidance scale (7–8 is usual, 1 turns guidance off).")
-
-
-MAX_SCHEDULE_STEPS = 100_000
-"""Longest σ schedule computed: img2img computes ``int(steps / denoise)`` σs and keeps the last ``steps + 1``, so
-a tiny denoise (1e-9 from an API call) would otherwise mean billions of σs and a server that hangs (ComfyUI's
-KSampler does); a 1000-step model has nothing to gain past this."""
-
-
-def _check_schedule_length(steps: int, denoise: float) -> None:
-    if isinstance(denoise, bool) or not isinstance(denoise, (int, float, np.number)) or not math.isfinite(denoise):
-        return  # schedules.advanced_sigmas names a non-numeric denoise
-    if steps > MAX_SCHEDULE_STEPS:
-        raise InvalidInputError(f"steps is {steps}; give at most {MAX_SCHEDULE_STEPS} (20 to 30 is usual).")
-    length = steps / denoise if 0.0 < denoise <= 0.9999 else steps
-    if length > MAX_SCHEDULE_STEPS:
-        raise InvalidInputError(
-            f"steps {steps} with denoise {denoise:.3g} means a schedule of {length:.3g} steps; keep steps / denoise "
-            f"at most {MAX_SCHEDULE_STEPS} (denoise ≥ {steps / MAX_SCHEDULE_STEPS:.3g} here), or set denoise to 0 to "
-            "return the latent unchanged."
-        )
 
 
 def _check_area(latent: torch.Tensor) -> None:
@@ -433,7 +462,8 @@ def _check_area(latent: torch.Tensor) -> None:
     if latent.shape[2] == 0 or latent.shape[3] == 0:
         raise InvalidInputError(
             f"latent of shape {tuple(latent.shape)} is {latent.shape[2]}×{latent.shape[3]}: it holds no pixels; "
-            "give EmptyLatentImage a width and height of at least 8 (one latent pixel is 8×8 image pixels)."
+            "give it a height and width of at least 1, an image of at least 8×8 pixels (one latent pixel is 8×8 "
+            "image pixels)."
         )
 
 
@@ -457,8 +487,22 @@ def _check_group_norm(model: DiffusionModel, latent: torch.Tensor) -> None:
         side = next(s for s in range(1, 2 ** len(widths) + 1) if values_per_group(1, s, s) > 1)
         raise InvalidInputError(
             f"latent of {h}×{w} is too small for this UNet (its group norms would see one value per group); "
-            f"use at least {side}×{side} (EmptyLatentImage of {8 * side}×{8 * side} pixels) or a batch of 2."
+            f"use at least {side}×{side} (an image of {8 * side}×{8 * side} pixels) or a batch of 2."
         )
+
+
+SEED_RANGE = (0, 2**64 - 1)
+"""Seeds KSampler accepts (its widget's range; ``torch.manual_seed`` refuses larger ones)."""
+
+
+def _check_seed_and_cfg(seed: int, cfg: float) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise InvalidInputError(
+            f"seed is {seed!r}; give a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} (2⁶⁴−1, the largest "
+            "torch.manual_seed takes)."
+        )
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float, np.number)) or not math.isfinite(cfg):
+        raise InvalidInputError(f"cfg is {cfg!r}; give a finite guidance scale (7–8 is usual, 1 turns guidance off).")
 
 
 def _check_memory(model: DiffusionModel, latent: torch.Tensor, cfg: float) -> None:
@@ -477,26 +521,37 @@ def _check_memory(model: DiffusionModel, latent: torch.Tensor, cfg: float) -> No
     )
 
 
-def _checked_mask(mask: object) -> torch.Tensor:
-    """A noise mask (MASK ``[B?,H,W]``, 1 = resample) that ``prepare_mask`` can resize: at least 2-D, not empty, finite."""
-    mask = check_tensor(mask, "noise_mask", "a MASK tensor [batch, height, width]", "connect a MASK output.")
+def _check_mask(mask: torch.Tensor) -> None:
+    """A noise mask ``[B?, H, W]`` (1 = resample) that ``prepare_mask`` can resize: 2-D to 4-D, not empty, finite."""
     if mask.ndim < 2 or mask.ndim > 4 or mask.numel() == 0:
         raise InvalidInputError(
-            f"noise_mask of shape {tuple(mask.shape)} is not a MASK [batch, height, width] with pixels; connect a MASK "
-            "from a LoadImage, a mask editor or SetLatentNoiseMask."
+            f"noise_mask of shape {tuple(mask.shape)} is not a mask [batch, height, width] with pixels; give one value "
+            "per pixel, at any resolution (it is resized to the latent's)."
         )
     check_finite(mask, "noise_mask", "give a mask of values from 0 (keep) to 1 (resample).")
-    return mask
 
 
 def _check_batch_index(batch_index: Sequence[int], batch: int) -> None:
-    """LATENT ``batch_index``: one non-negative whole number per image (ComfyUI's batch nodes write it)."""
+    """One whole number ≥ 0 per image: the index of the noise it draws (``prepare_noise``)."""
     ok = isinstance(batch_index, (list, tuple, np.ndarray)) and len(batch_index) == batch
     if not ok or not all(isinstance(i, (int, np.integer)) and i >= 0 for i in list(batch_index)):
         raise InvalidInputError(
-            f"the latent's batch_index {batch_index!r} is not one index ≥ 0 per image of its batch of {batch}; remove "
-            "the key, or rebuild the latent with ComfyUI's batch nodes (Latent From Batch, Repeat Latent Batch)."
+            f"batch_index {batch_index!r} is not one index ≥ 0 per image of its batch of {batch}; give {batch} whole "
+            "number(s) ≥ 0, or None for 0, 1, 2, …"
         )
+
+
+def _checked_sigmas(sigmas: object) -> torch.Tensor:
+    """An explicit σ schedule: a real 1-D tensor of finite noise levels."""
+    sigmas = check_tensor(
+        sigmas, "sigmas", "a 1-D tensor of noise levels", "give a descending schedule (schedules.sigmas_for makes one)."
+    )
+    if sigmas.ndim != 1:
+        raise InvalidInputError(
+            f"sigmas must be a 1-D tensor, got shape {tuple(sigmas.shape)}; give a descending list of noise levels."
+        )
+    check_finite(sigmas, "sigmas", "give a schedule of finite noise levels (schedules.sigmas_for makes one).")
+    return sigmas
 
 
 def _failure_message(model: DiffusionModel, latent: torch.Tensor) -> Callable[[int | None, int | None], str]:

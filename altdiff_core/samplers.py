@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+"""``callback(step, total, x, denoised)``: called after each step (progress, previews); raise from it to cancel."""
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # KSampler runs every sampler with its defaults: eta = 1 and s_noise = 1 for the stochastic ones, no churn.
@@ -1129,6 +1130,7 @@ class SamplerSpec:
     """One sampler: its function, whether it draws noise from ``seed``, and ComfyUI's sigma handling for it.
 
     Attributes:
+        name: its key in ``SAMPLERS`` (ComfyUI's name).
         fn: ``fn(denoise_fn, x, sigmas, *, seed, schedule, callback=None) -> x``.
         stochastic: True when the result depends on ``seed`` beyond the initial noise (ancestral / SDE).
         discard_penultimate_sigma: True when KSampler computes one more step and drops the penultimate sigma;
@@ -1139,20 +1141,46 @@ class SamplerSpec:
             (``KSAMPLER(inpaint_options={"random": True})``); the sampler itself is plain Euler.
     """
 
+    name: str
     fn: Sampler
     stochastic: bool
     discard_penultimate_sigma: bool
     description: str
     random_inpaint_noise: bool = False
 
+    def run(
+        self,
+        denoise_fn: DenoiseFn,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        seed: int,
+        schedule: DiscreteSchedule,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Run this sampler from ``x`` (noised, sigma space) along ``sigmas``, a 1-D tensor its caller has checked
+        (``sample`` does, and so does ``denoise.sample_latent``); see the module docstring.
+
+        Returns ``x`` unchanged when ``len(sigmas) <= 1``.
+        """
+        if len(sigmas) <= 1:
+            return x
+        logger.debug(
+            "sampling %s: %d steps, sigma %.4g -> %.4g", self.name, len(sigmas) - 1, float(sigmas[0]), float(sigmas[-1])
+        )
+        return self.fn(denoise_fn, x, sigmas, seed=seed, schedule=schedule, callback=callback)
+
 
 def _spec(name: str, fn: Sampler, stochastic: bool, description: str) -> tuple[str, SamplerSpec]:
     discard = name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS
-    return name, SamplerSpec(fn, stochastic, discard, description, random_inpaint_noise=name == "ddim")
+    return name, SamplerSpec(name, fn, stochastic, discard, description, random_inpaint_noise=name == "ddim")
 
 
 # In ComfyUI's KSampler order (KSAMPLER_NAMES, then ddim/uni_pc), then pndm. Left out: the *_cfg_pp samplers (they need
 # the unguided prediction, which a denoise_fn does not give), dpm_fast, dpm_adaptive, er_sde, seeds_2/3, sa_solver*.
+# The sampler nodes offer every name here: each matches ComfyUI's KSampler (tests/test_ksampler_parity.py: bit-identical
+# on a shared UNet module, within 1e-3 on the full-size UNet in a real ComfyUI), plus pndm, which KSampler does not
+# have. A sampler that stops matching is removed from this table.
 SAMPLERS: dict[str, SamplerSpec] = dict(
     [
         _spec("euler", sample_euler, False, "Euler: one model call per step; simple and predictable."),
@@ -1187,11 +1215,7 @@ SAMPLERS: dict[str, SamplerSpec] = dict(
     ]
 )
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
-
-# What the sampler nodes offer: the names whose results match ComfyUI's KSampler (tests/test_ksampler_parity.py:
-# bit-identical on a shared UNet module, within 1e-3 on the full-size UNet in a real ComfyUI), plus pndm, which KSampler
-# does not have. Every ported sampler matches, so all are offered; a name that stops matching is removed here.
-OFFERED_SAMPLERS: tuple[str, ...] = SAMPLER_NAMES
+"""The names, in the table's order: what the sampler nodes and the command line offer."""
 
 
 def get_sampler(name: str) -> SamplerSpec:
@@ -1215,11 +1239,11 @@ def sample(
     """Run sampler ``name`` from ``x`` (noised, sigma space) along ``sigmas``; see the module docstring.
 
     Returns ``x`` unchanged when ``len(sigmas) <= 1``.
+
+    Raises:
+        InvalidInputError (a ValueError): an unknown ``name``, or ``sigmas`` that is not 1-D.
     """
     spec = get_sampler(name)
     if sigmas.ndim != 1:
         raise InvalidInputError(f"sigmas must be a 1-D tensor, got shape {tuple(sigmas.shape)}.")
-    if len(sigmas) <= 1:
-        return x
-    logger.debug("sampling %s: %d steps, sigma %.4g -> %.4g", name, len(sigmas) - 1, float(sigmas[0]), float(sigmas[-1]))
-    return spec.fn(denoise_fn, x, sigmas, seed=seed, schedule=schedule, callback=callback)
+    return spec.run(denoise_fn, x, sigmas, seed=seed, schedule=schedule, callback=callback)

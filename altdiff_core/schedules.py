@@ -325,16 +325,32 @@ def _check_denoise(denoise: float | None) -> None:
         raise InvalidInputError(f"denoise must be a number between 0 and 1, got {denoise!r}.")
 
 
-def calculate_sigmas(
-    schedule: DiscreteSchedule, scheduler: str, steps: int, sampler_name: str | None = None
-) -> torch.Tensor:
-    """The full sigma list for ``steps`` steps (``KSampler.calculate_sigmas``).
+MAX_SCHEDULE_STEPS = 100_000
+"""Longest σ schedule computed: img2img computes ``int(steps / denoise)`` σs and keeps the last ``steps + 1``, so
+a tiny denoise (1e-9 from an API call) would otherwise mean billions of σs and a server that hangs (ComfyUI's
+KSampler does); a 1000-step model has nothing to gain past this."""
+
+
+def _check_schedule_length(steps: int, denoise: float | None) -> None:
+    """``steps`` and the ``int(steps / denoise)`` σs an img2img ``denoise`` computes, against ``MAX_SCHEDULE_STEPS``
+    (both already checked to be numbers)."""
+    if steps > MAX_SCHEDULE_STEPS:
+        raise InvalidInputError(f"steps is {steps}; give at most {MAX_SCHEDULE_STEPS} (20 to 30 is usual).")
+    length = steps / denoise if denoise is not None and 0.0 < denoise <= 0.9999 else steps
+    if length > MAX_SCHEDULE_STEPS:
+        raise InvalidInputError(
+            f"steps {steps} with denoise {denoise:.3g} means a schedule of {length:.3g} steps; keep steps / denoise "
+            f"at most {MAX_SCHEDULE_STEPS} (denoise ≥ {steps / MAX_SCHEDULE_STEPS:.3g} here), or set denoise to 0 to "
+            "return the latent unchanged."
+        )
+
+
+def _calculate_sigmas(schedule: DiscreteSchedule, handler: Scheduler, steps: int, sampler_name: str | None) -> torch.Tensor:
+    """The full sigma list for ``steps`` steps (``KSampler.calculate_sigmas``); ``sigmas_for`` has checked the inputs.
 
     For the samplers in ``DISCARD_PENULTIMATE_SIGMA_SAMPLERS`` one more step is computed and the penultimate sigma
     dropped, as ComfyUI does. Returns a float32 CPU tensor, normally ``steps + 1`` long, ending in 0.
     """
-    handler = _check_scheduler(scheduler)
-    _check_steps(steps)
     discard_penultimate_sigma = sampler_name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS
     if discard_penultimate_sigma:
         steps += 1
@@ -356,27 +372,29 @@ def sigmas_for(
     Args:
         schedule: the model's noise schedule.
         scheduler: a name in ``SCHEDULERS``.
-        steps: number of sampling steps, >= 1.
+        steps: number of sampling steps, 1 … ``MAX_SCHEDULE_STEPS``.
         denoise: ``None`` or > 0.9999 = full txt2img schedule; <= 0 = nothing to do (an empty tensor; ComfyUI then
             returns the input latent unchanged); otherwise the schedule is computed for ``int(steps / denoise)``
-            steps and its last ``steps + 1`` sigmas kept (img2img).
+            steps (at most ``MAX_SCHEDULE_STEPS``) and its last ``steps + 1`` sigmas kept (img2img).
         sampler_name: the sampler that will use the list; only matters for ``DISCARD_PENULTIMATE_SIGMA_SAMPLERS``.
 
     Returns:
         float32 CPU tensor [steps + 1] (fewer for ``ddim_uniform``/``beta`` where ComfyUI gives fewer), descending.
 
     Raises:
-        InvalidInputError (a ValueError): unknown scheduler, steps < 1 or a non-numeric denoise.
+        InvalidInputError (a ValueError): unknown scheduler, steps < 1, a non-numeric denoise, or a schedule longer
+        than ``MAX_SCHEDULE_STEPS``.
     """
-    _check_scheduler(scheduler)
+    handler = _check_scheduler(scheduler)
     _check_steps(steps)
     _check_denoise(denoise)
+    _check_schedule_length(steps, denoise)
     if denoise is None or denoise > 0.9999:
-        return calculate_sigmas(schedule, scheduler, steps, sampler_name)
+        return _calculate_sigmas(schedule, handler, steps, sampler_name)
     if denoise <= 0.0:
         return torch.zeros([0], dtype=torch.float32)
     new_steps = int(steps / denoise)
-    sigmas = calculate_sigmas(schedule, scheduler, new_steps, sampler_name)
+    sigmas = _calculate_sigmas(schedule, handler, new_steps, sampler_name)
     return sigmas[-(steps + 1):]
 
 
@@ -400,6 +418,9 @@ def advanced_sigmas(
 
     Returns:
         float32 CPU tensor (a fresh copy), descending.
+
+    Raises:
+        InvalidInputError (a ValueError): a negative or non-integer step index, or what ``sigmas_for`` refuses.
     """
     _check_step_index("start_at_step", start_at_step)
     _check_step_index("end_at_step", end_at_step)

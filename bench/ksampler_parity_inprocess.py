@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             a = ksampler().float().cpu()
             with torch.backends.mkldnn.flags(enabled=False):  # as the test node TestModelInOtherOrder
                 reordered = ksampler().float().cpu()
-            b = sample_latent(ours, positive, negative, latent, seed=args.seed, sampler_name=sampler,
+            b = sample_latent(ours, positive[0][0], negative[0][0], latent, seed=args.seed, sampler_name=sampler,
                               scheduler=scheduler, **common)  # fmt: skip
             row = {
                 "sampler": sampler,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ..altdiff_core import SCHEDULERS, DiffusionModel, sample_latent
 from ..altdiff_core.denoise import check_width
-from ..altdiff_core.samplers import OFFERED_SAMPLERS
+from ..altdiff_core.samplers import SAMPLER_NAMES
 from . import comfy_seam, sockets
+from .sampler_inputs import latent_arguments, socket_hints, to_cond_entries
 
 SEED_OPTIONS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
 
@@ -27,7 +28,7 @@ def _common_inputs() -> dict:
             },
         ),
         "sampler_name": (
-            list(OFFERED_SAMPLERS),
+            list(SAMPLER_NAMES),
             {"default": "dpmpp_2m", "tooltip": "Sampling algorithm (KSampler's names; pndm is the model's own)."},
         ),
         "scheduler": (
@@ -40,29 +41,30 @@ def _common_inputs() -> dict:
     }
 
 
-def _run(model, latent_image: dict, steps: int, **kwargs) -> tuple[dict]:
+def _run(model, latent_image: dict, steps: int, *, positive, negative, **kwargs) -> tuple[dict]:
     """One engine call with progress/cancel/previews; the LATENT dict's other keys are kept. Inside ComfyUI the model
     is ComfyUI's own and ComfyUI's sampler runs it (``native_ops.ksample``, what KSampler runs)."""
     if not isinstance(model, DiffusionModel):
         variant = comfy_seam.native.model_variant(model)
-        for role in ("positive", "negative"):
-            for context, *_ in kwargs[role] if variant is not None else ():
+        for role, conditioning in (("positive", positive), ("negative", negative)):
+            for context, *_ in conditioning if variant is not None else ():
                 check_width(context.shape[-1], variant, role)  # a clear message where KSampler's would be torch's
         return comfy_seam.native_ops.ksample(
-            model, kwargs["seed"], steps, kwargs["cfg"], kwargs["sampler_name"], kwargs["scheduler"], kwargs["positive"],
-            kwargs["negative"], latent_image, denoise=kwargs.get("denoise", 1.0),
+            model, kwargs["seed"], steps, kwargs["cfg"], kwargs["sampler_name"], kwargs["scheduler"], positive,
+            negative, latent_image, denoise=kwargs.get("denoise", 1.0),
             disable_noise=not kwargs.get("add_noise", True), start_step=kwargs.get("start_at_step"),
             last_step=kwargs.get("end_at_step"), force_full_denoise=kwargs.get("force_full_denoise", False),
         )  # fmt: skip
-    out = sample_latent(
-        model,
-        latent=latent_image["samples"],
-        steps=steps,
-        noise_mask=latent_image.get("noise_mask"),
-        batch_index=latent_image.get("batch_index"),
-        callback=comfy_seam.step_callback(steps, model.device),
-        **kwargs,
-    )
+    with socket_hints():
+        out = sample_latent(
+            model,
+            to_cond_entries(positive, "positive"),
+            to_cond_entries(negative, "negative"),
+            steps=steps,
+            callback=comfy_seam.step_callback(steps, model.device),
+            **latent_arguments(latent_image),
+            **kwargs,
+        )
     result = dict(latent_image)
     result["samples"] = out
     return (result,)

@@ -132,8 +132,8 @@ def _sample_pair(engine, model, clip, sampler: str, cfg: float = CFG, denoise: f
     native = comfy_nodes.KSampler().sample(model, SEED, STEPS, CFG, sampler, "karras", positive, negative, latent, denoise)
     ours = PACK_NODES.sampler.AltDiffusionSampler().sample(model, SEED, STEPS, CFG, sampler, "karras", positive, negative,
                                                            latent, denoise)  # fmt: skip
-    engine_out = CORE.sample_latent(engine.model, latent=latent["samples"], positive=positive, negative=negative, seed=SEED,
-                                    steps=STEPS, cfg=cfg, sampler_name=sampler, scheduler="karras", denoise=denoise)  # fmt: skip
+    engine_out = CORE.sample_latent(engine.model, positive[0][0], negative[0][0], latent["samples"], seed=SEED, steps=STEPS,
+                                    cfg=cfg, sampler_name=sampler, scheduler="karras", denoise=denoise)  # fmt: skip
     return native[0]["samples"], ours[0]["samples"], engine_out
 
 

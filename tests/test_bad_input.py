@@ -84,8 +84,7 @@ def _mark_ran():
 def sample(core, m9, conditioning=None, latent=None, **overrides):
     """``sample_latent`` on the tiny m9 with valid defaults; ``overrides`` replace one of them (the bad value)."""
     if conditioning is None:
-        cond, _ = core.encode_prompt(m9.text_encoder, "")
-        conditioning = [[cond, {}]]
+        conditioning, _ = core.encode_prompt(m9.text_encoder, "")
     kwargs = dict(seed=0, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal") | overrides
     latent = torch.zeros(1, 4, 8, 8) if latent is None else latent
     return core.sample_latent(m9.model, conditioning, conditioning, latent, **kwargs)
@@ -93,11 +92,11 @@ def sample(core, m9, conditioning=None, latent=None, **overrides):
 
 def test_wrong_width_conditioning(core, m9):
     with pytest.raises(core.InvalidInputError, match="1024 wide.*expects 768"):
-        sample(core, m9, conditioning=[[torch.zeros(1, 77, 1024), {}]])
+        sample(core, m9, conditioning=torch.zeros(1, 77, 1024))
 
 
 def test_zero_steps(core, m9):
-    with pytest.raises(core.InvalidInputError, match="steps is 0"):
+    with pytest.raises(core.InvalidInputError, match="steps must be a whole number >= 1, got 0"):
         sample(core, m9, steps=0)
 
 
@@ -120,10 +119,13 @@ def test_unknown_sampler_and_scheduler(core, m9):
         sample(core, m9, scheduler="nope")
 
 
-def test_unsupported_conditioning_option_is_refused(core, m9):
+def test_unsupported_conditioning_option_is_refused(core, pack, m9):
     cond, _ = core.encode_prompt(m9.text_encoder, "")
+    conditioning = [[cond, {"area": (8, 8, 0, 0)}]]
     with pytest.raises(core.InvalidInputError, match="ConditioningSetArea.*KSampler"):
-        sample(core, m9, conditioning=[[cond, {"area": (8, 8, 0, 0)}]])
+        pack.nodes.sampler.AltDiffusionSampler().sample(
+            m9.model, 0, 2, 7.0, "euler", "normal", conditioning, conditioning, {"samples": torch.zeros(1, 4, 8, 8)}
+        )
 
 
 def test_image_too_small_for_one_latent_cell(core, m9):
@@ -314,9 +316,9 @@ def test_loaded_model_no_longer_depends_on_its_file(core, m9_folder, tmp_path):
     shutil.copytree(m9_folder, folder)
     loaded = core.load_folder(folder)
     cond, _ = core.encode_prompt(loaded.text_encoder, "a cat")
-    before = sample(core, loaded, conditioning=[[cond, {}]], seed=1, cfg=5.0)
+    before = sample(core, loaded, conditioning=cond, seed=1, cfg=5.0)
     for weights in folder.rglob("*.safetensors"):
         weights.write_bytes(b"")
-    after = sample(core, loaded, conditioning=[[cond, {}]], seed=1, cfg=5.0)
+    after = sample(core, loaded, conditioning=cond, seed=1, cfg=5.0)
     assert torch.equal(before, after)
     assert torch.equal(core.encode_prompt(loaded.text_encoder, "a cat")[0], cond)

@@ -163,8 +163,8 @@ def _node_txt2img(chain, sampler, scheduler, latent=None, denoise=1.0, prompt=PR
         out = {
             "samples": chain_engine(nodes).sample_latent(
                 model,
-                pos,
-                neg,
+                pos[0][0],  # the context the node unpacks from its CONDITIONING
+                neg[0][0],
                 latent["samples"],
                 seed=SEED,
                 steps=STEPS,

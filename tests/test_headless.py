@@ -29,7 +29,7 @@ def test_engine_imports_and_generates_without_comfyui(m9_folder):
         from comfyui_altdiffusion.nodes import comfy_seam
         loaded = core.load_folder({str(m9_folder)!r})
         cond, _ = core.encode_prompt(loaded.text_encoder, "一只猫")
-        latent = core.sample_latent(loaded.model, [[cond, {{}}]], [[cond, {{}}]], torch.zeros(1, 4, 8, 8), seed=1,
+        latent = core.sample_latent(loaded.model, cond, cond, torch.zeros(1, 4, 8, 8), seed=1,
                                     steps=2, cfg=7.5, sampler_name="euler", scheduler="normal")
         image = core.decode_latent(loaded.vae, latent)
         assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()

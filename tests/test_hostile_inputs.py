@@ -37,8 +37,15 @@ def fuzz(examples: int) -> settings:
 
 
 @pytest.fixture(scope="module")
-def cond(core, m9):
-    return [[core.encode_prompt(m9.text_encoder, "a cat")[0], {}]]
+def context(core, m9):
+    """The engine's conditioning: the text encoder's [1, 77, 768]."""
+    return core.encode_prompt(m9.text_encoder, "a cat")[0]
+
+
+@pytest.fixture(scope="module")
+def cond(context):
+    """The same as the nodes' CONDITIONING."""
+    return [[context, {}]]
 
 
 @pytest.fixture(scope="module")
@@ -305,12 +312,12 @@ def _poisoned(core, m9_folder, tmp_path, part: str, key: str):
     return core.load_folder(folder)
 
 
-def test_unet_with_nan_weights_stops_at_the_first_step_with_the_fix(core, m9_folder, tmp_path, cond):
+def test_unet_with_nan_weights_stops_at_the_first_step_with_the_fix(core, m9_folder, tmp_path, context):
     loaded = _poisoned(core, m9_folder, tmp_path, "unet", "conv_in.weight")
     calls = []
     with pytest.raises(core.InvalidInputError, match="at step 1 of 4: its weights contain NaN/inf.*dtype fp32"):
         core.sample_latent(
-            loaded.model, cond, cond, torch.zeros(1, 4, 8, 8), seed=0, steps=4, cfg=7.0, sampler_name="euler",
+            loaded.model, context, context, torch.zeros(1, 4, 8, 8), seed=0, steps=4, cfg=7.0, sampler_name="euler",
             scheduler="normal", callback=lambda *args: calls.append(args),
         )  # fmt: skip
     assert calls == []  # no NaN preview reached the progress callback
@@ -327,7 +334,7 @@ def test_vae_with_nan_weights_is_named(core, m9_folder, tmp_path):
 
 def test_text_encoder_with_nan_weights_is_named_by_the_sampler(core, m9_folder, tmp_path, m9):
     loaded = _poisoned(core, m9_folder, tmp_path, "text_encoder", "transformation.weight")
-    poisoned = [[core.encode_prompt(loaded.text_encoder, "a cat")[0], {}]]
+    poisoned = core.encode_prompt(loaded.text_encoder, "a cat")[0]
     with pytest.raises(core.InvalidInputError, match="positive conditioning holds .* NaN/inf.*text encoder"):
         core.sample_latent(
             m9.model, poisoned, poisoned, torch.zeros(1, 4, 8, 8), seed=0, steps=2, cfg=7.0, sampler_name="euler",
@@ -335,46 +342,62 @@ def test_text_encoder_with_nan_weights_is_named_by_the_sampler(core, m9_folder, 
         )  # fmt: skip
 
 
-def _sample(core, m9, cond, latent=None, **overrides):
+def _sample(core, m9, context, latent=None, **overrides):
+    """The engine's sampler on the tiny m9 with valid settings; ``overrides`` replace one of them (the bad value)."""
     kwargs = dict(seed=0, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal") | overrides
     latent = torch.zeros(1, 4, 8, 8) if latent is None else latent
-    return core.sample_latent(m9.model, cond, cond, latent, **kwargs)
+    return core.sample_latent(m9.model, context, context, latent, **kwargs)
+
+
+def _node(pack, m9, cond, latent_image=None):
+    """The sampler node on the tiny m9 with valid settings: the message a user of the graph sees."""
+    latent_image = {"samples": torch.zeros(1, 4, 8, 8)} if latent_image is None else latent_image
+    node = pack.nodes.sampler.AltDiffusionSampler()
+    return node.sample(m9.model, 0, 2, 7.0, "euler", "normal", cond, cond, latent_image, 1.0)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_sampler_refuses_non_finite_latent_and_mask(core, m9, cond, bad):
+def test_sampler_refuses_non_finite_latent_and_mask(core, pack, m9, context, cond, bad):
+    """The engine says what is wrong in its terms; the node adds which socket and node to fix."""
     latent = torch.zeros(1, 4, 8, 8)
     latent[0, 2, 3, 4] = bad
+    with pytest.raises(core.SamplerInputError, match="latent holds 1 NaN/inf values out of 256.*all-zero latent") as err:
+        _sample(core, m9, context, latent)
+    assert err.value.argument == "latent"
     with pytest.raises(core.InvalidInputError, match="latent holds 1 NaN/inf values out of 256.*EmptyLatentImage"):
-        _sample(core, m9, cond, latent)
+        _node(pack, m9, cond, {"samples": latent})
     mask = torch.ones(1, 8, 8)
     mask[0, 0, 0] = bad
     with pytest.raises(core.InvalidInputError, match="noise_mask holds 1 NaN/inf.*from 0 \\(keep\\) to 1"):
-        _sample(core, m9, cond, noise_mask=mask)
+        _sample(core, m9, context, noise_mask=mask)
+    with pytest.raises(core.InvalidInputError, match="noise_mask holds 1 NaN/inf.*SetLatentNoiseMask"):
+        _node(pack, m9, cond, {"samples": torch.zeros(1, 4, 8, 8), "noise_mask": mask})
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 0, 8), (1, 4, 8, 0), (1, 4, 0, 0)])
-def test_latent_without_pixels_is_refused(core, m9, cond, shape):
+def test_latent_without_pixels_is_refused(core, pack, m9, context, cond, shape):
     with pytest.raises(core.InvalidInputError, match=r"holds no pixels.*at least 8"):
-        _sample(core, m9, cond, torch.zeros(shape))
+        _sample(core, m9, context, torch.zeros(shape))
+    with pytest.raises(core.InvalidInputError, match=r"holds no pixels.*Connect latent_image to an EmptyLatentImage"):
+        _node(pack, m9, cond, {"samples": torch.zeros(shape)})
     with pytest.raises(core.InvalidInputError, match=r"holds no pixels to decode"):
         core.decode_latent(m9.vae, torch.zeros(shape))
 
 
-def test_smallest_sizes_work(core, m9, cond):
+def test_smallest_sizes_work(core, m9, context):
     """A 1×1 latent (an 8×8 image) samples and decodes; an 8×8 image encodes to it. Smaller images are refused,
     naming their size (ComfyUI's VAEEncode would crop a 1×1 image to nothing).
 
     The tiny UNet has one channel per group-norm group, so a lone latent of at most 2×2 (1×1 at its second level)
     would give torch a group of one value (a raw ValueError the fuzzers below found): refused, naming the smallest
     size that works. Real SD UNets have 10 channels per group."""
-    out = _sample(core, m9, cond, torch.zeros(2, 4, 1, 1))
+    out = _sample(core, m9, context, torch.zeros(2, 4, 1, 1))
     assert out.shape == (2, 4, 1, 1) and torch.isfinite(out).all()
     assert core.decode_latent(m9.vae, out[:1]).shape == (1, 8, 8, 3)
     for h, w in ((1, 1), (1, 2), (2, 2)):  # the tiny UNet's second level would see 1×1 with one channel per group
         with pytest.raises(core.InvalidInputError, match=f"latent of {h}×{w} is too small for this UNet.*at least 3×3"):
-            _sample(core, m9, cond, torch.zeros(1, 4, h, w), cfg=1.0)
-    assert _sample(core, m9, cond, torch.zeros(1, 4, 3, 3), cfg=1.0).shape == (1, 4, 3, 3)  # what the message advises
+            _sample(core, m9, context, torch.zeros(1, 4, h, w), cfg=1.0)
+    assert _sample(core, m9, context, torch.zeros(1, 4, 3, 3), cfg=1.0).shape == (1, 4, 3, 3)  # what the message advises
     assert core.encode_image(m9.vae, torch.rand(1, 8, 8, 3)).shape == (1, 4, 1, 1)
     for h, w in ((1, 1), (7, 64), (64, 7)):
         with pytest.raises(core.InvalidInputError, match=f"image of {w}×{h} pixels.*at least 8 pixels on each side"):
@@ -389,9 +412,9 @@ def test_smallest_sizes_work(core, m9, cond):
         ({"seed": 1.5}, "seed is 1.5"),
         ({"cfg": float("nan")}, "cfg is nan; give a finite guidance scale"),
         ({"cfg": float("inf")}, "cfg is inf"),
-        ({"steps": 2.0}, "steps is 2.0"),
-        ({"noise_mask": torch.ones(8)}, r"noise_mask of shape \(8,\) is not a MASK"),
-        ({"noise_mask": torch.ones(1, 0, 8)}, "is not a MASK"),
+        ({"steps": 2.0}, "steps must be a whole number >= 1, got 2.0"),
+        ({"noise_mask": torch.ones(8)}, r"noise_mask of shape \(8,\) is not a mask"),
+        ({"noise_mask": torch.ones(1, 0, 8)}, "is not a mask"),
         ({"batch_index": [-1]}, r"batch_index \[-1\] is not one index ≥ 0 per image"),
         ({"batch_index": [0, 1]}, "of its batch of 1"),
         ({"sigmas": torch.tensor([14.6, float("nan"), 0.0])}, "sigmas holds 1 NaN/inf"),
@@ -410,21 +433,21 @@ def test_smallest_sizes_work(core, m9, cond):
         "sigmas-nan",
     ],
 )
-def test_out_of_range_sampler_values_are_named(core, m9, cond, overrides, message):
+def test_out_of_range_sampler_values_are_named(core, m9, context, overrides, message):
     with pytest.raises(core.InvalidInputError, match=message):
-        _sample(core, m9, cond, **overrides)
+        _sample(core, m9, context, **overrides)
 
 
-def test_denoise_too_small_for_its_steps_is_named(core, m9, cond):
+def test_denoise_too_small_for_its_steps_is_named(core, m9, context):
     with pytest.raises(core.InvalidInputError, match=r"steps 1 with denoise 2.22e-16 means a schedule of 4.5e\+15 steps"):
-        _sample(core, m9, cond, steps=1, denoise=2.220446049250313e-16)
+        _sample(core, m9, context, steps=1, denoise=2.220446049250313e-16)
 
 
-def test_largest_seed_works_with_every_noise_source(core, m9, cond):
+def test_largest_seed_works_with_every_noise_source(core, m9, context):
     """2⁶⁴−1 is KSampler's largest seed; ddim's inpainting noise (seed + 1) used to overflow torch.manual_seed."""
     mask = torch.ones(1, 8, 8)
     for sampler in ("ddim", "euler_ancestral"):
-        out = _sample(core, m9, cond, seed=2**64 - 1, sampler_name=sampler, noise_mask=mask)
+        out = _sample(core, m9, context, seed=2**64 - 1, sampler_name=sampler, noise_mask=mask)
         assert torch.isfinite(out).all()
 
 
@@ -432,16 +455,41 @@ def test_largest_seed_works_with_every_noise_source(core, m9, cond):
     ("extras", "message"),
     [({"strength": float("nan")}, "'strength' is nan"), ({"start_percent": "x"}, "'start_percent' is 'x'")],
 )
-def test_non_finite_conditioning_options_are_named(core, m9, cond, extras, message):
-    with pytest.raises(core.InvalidInputError, match=message):
-        _sample(core, m9, [[cond[0][0], extras]])
+def test_non_finite_conditioning_options_are_named(core, pack, m9, context, extras, message):
+    with pytest.raises(core.InvalidInputError, match=f"{message}.*in the node that added it"):
+        _node(pack, m9, [[context, extras]])
+    with pytest.raises(core.SamplerInputError, match=message):
+        _sample(core, m9, [core.CondEntry(context, **extras)])
 
 
-def test_empty_or_malformed_conditioning_is_named(core, m9, cond):
-    with pytest.raises(core.InvalidInputError, match="empty tensor of shape"):
-        _sample(core, m9, [[torch.zeros(1, 0, 768), {}]])
+def test_empty_or_malformed_conditioning_is_named(core, pack, m9, context):
+    with pytest.raises(core.InvalidInputError, match="empty tensor of shape.*Connect positive"):
+        _node(pack, m9, [[torch.zeros(1, 0, 768), {}]])
     with pytest.raises(core.InvalidInputError, match=r"holds Tensor of shape \(1, \d+, 768\), not a pair"):
-        _sample(core, m9, [cond[0][0]])
+        _node(pack, m9, [context])
+    with pytest.raises(core.InvalidInputError, match=r"not a CONDITIONING list.*connect a text-encode node"):
+        _node(pack, m9, [])
+    with pytest.raises(core.SamplerInputError, match=r"is a list of list, not a \[batch, tokens, width\] tensor"):
+        _sample(core, m9, [[context, {}]])  # CONDITIONING is the nodes' to unpack
+    with pytest.raises(core.SamplerInputError, match=r"of shape \(77, 768\), not a real \[batch, tokens, width\]"):
+        _sample(core, m9, context[0])
+    with pytest.raises(core.InvalidInputError, match=r"context is a str, not a real \[batch, tokens.*Connect positive"):
+        _node(pack, m9, [["a cat", {}]])
+
+
+def test_node_errors_name_the_socket_to_fix(core, pack, m9, cond):
+    """What only the graph knows (a LATENT's keys, a MASK socket) is named by the node, with the node to fix it."""
+    latent = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(core.InvalidInputError, match="latent is a list, not a .*connect a LATENT output"):
+        _node(pack, m9, cond, {"samples": [[0.0]]})
+    with pytest.raises(core.InvalidInputError, match="noise_mask is a str, not a MASK tensor.*connect a MASK output"):
+        _node(pack, m9, cond, {"samples": latent, "noise_mask": "mask"})
+    with pytest.raises(core.InvalidInputError, match=r"batch_index \[-1\] is not one index.*Latent From Batch"):
+        _node(pack, m9, cond, {"samples": latent, "batch_index": [-1]})
+    with pytest.raises(core.InvalidInputError, match="has 16 channels.*Connect latent_image"):
+        _node(pack, m9, cond, {"samples": torch.zeros(1, 16, 8, 8)})
+    with pytest.raises(core.InvalidInputError, match="1024 wide.*same model.*Connect positive"):
+        _node(pack, m9, [[torch.zeros(1, 77, 1024), {}]])
 
 
 # ------------------------------------------------------------------------------------------------ working memory
@@ -497,7 +545,7 @@ def _max_rss() -> int:
 
 
 @pytest.mark.parametrize("side", [8192, 2**16])
-def test_size_far_beyond_memory_is_refused_before_allocating(core, pack, m9, cond, monkeypatch, side):
+def test_size_far_beyond_memory_is_refused_before_allocating(core, pack, m9, context, cond, monkeypatch, side):
     """A 1×4×side×side LATENT (a 65536² or 524288² image; an expanded view, so the test itself allocates nothing)
     is refused by the sampler, the VAE decode and their nodes in well under a second, without growing the process."""
     if side == 8192:  # the real machine may have more than that needs: pin what it has
@@ -506,7 +554,7 @@ def test_size_far_beyond_memory_is_refused_before_allocating(core, pack, m9, con
     image = torch.zeros(1, 1, 1, 1).expand(1, side * 8, side * 8, 3)
     before, start = _max_rss(), time.perf_counter()
     for run in (
-        lambda: _sample(core, m9, cond, latent),
+        lambda: _sample(core, m9, context, latent),
         lambda: core.decode_latent(m9.vae, latent),
         lambda: core.encode_image(m9.vae, image),
         lambda: pack.nodes.sampler.AltDiffusionSampler().sample(
@@ -520,10 +568,10 @@ def test_size_far_beyond_memory_is_refused_before_allocating(core, pack, m9, con
     assert _max_rss() - before < 256 * 2**20
 
 
-def test_refusal_names_size_need_and_what_is_available(core, m9, cond, monkeypatch):
+def test_refusal_names_size_need_and_what_is_available(core, m9, context, monkeypatch):
     monkeypatch.setattr(core.checks, "available_memory", lambda device: 2**30)
     with pytest.raises(core.TooLargeForMemoryError) as err:
-        _sample(core, m9, cond, torch.zeros(1, 1, 1, 1).expand(2, 4, 1024, 1024))
+        _sample(core, m9, context, torch.zeros(1, 1, 1, 1).expand(2, 4, 1024, 1024))
     message = str(err.value)
     assert "sampling 2 latent(s) of 1024×1024 (8192×8192 pixels)" in message
     assert "there is 1.0 GiB free on the CPU" in message and "smaller width/height or batch size" in message
@@ -591,7 +639,7 @@ def _check_outcome(core, run, shape, poisoned: bool):
 @given(data=st.data(), seed=SEEDS, steps=st.integers(1, 3), cfg=CFGS, denoise=DENOISES)
 def test_sampler_node_takes_any_inputs(core, pack, m9, cond, data, seed, steps, cfg, denoise):
     latent, poisoned = data.draw(latents(for_unet=True))
-    sampler = data.draw(st.sampled_from(list(core.samplers.OFFERED_SAMPLERS)))
+    sampler = data.draw(st.sampled_from(list(core.samplers.SAMPLER_NAMES)))
     scheduler = data.draw(st.sampled_from(list(core.SCHEDULERS)))
     node = pack.nodes.sampler.AltDiffusionSampler()
     run = lambda: node.sample(m9.model, seed, steps, cfg, sampler, scheduler, cond, cond, latent, denoise)  # noqa: E731
@@ -649,12 +697,12 @@ def test_vae_encode_node_takes_any_image(core, pack, m9, data, size, dtype):
 
 
 @pytest.mark.parametrize("denoise", [1e-9, 5e-324])
-def test_tiny_denoise_is_refused_instead_of_computing_billions_of_sigmas(core, m9, cond, denoise):
+def test_tiny_denoise_is_refused_instead_of_computing_billions_of_sigmas(core, m9, context, denoise):
     """img2img computes int(steps / denoise) σs: 1e-9 would hang the server (ComfyUI's KSampler does), 5e-324
     overflowed to a raw OverflowError."""
     start = time.perf_counter()
     with pytest.raises(core.InvalidInputError, match=r"means a schedule of .* steps.*denoise ≥ 0\.0002"):
-        _sample(core, m9, cond, steps=20, denoise=denoise)
+        _sample(core, m9, context, steps=20, denoise=denoise)
     with pytest.raises(core.InvalidInputError, match="steps is 1000000; give at most 100000"):
-        _sample(core, m9, cond, steps=10**6)
+        _sample(core, m9, context, steps=10**6)
     assert time.perf_counter() - start < 2.0

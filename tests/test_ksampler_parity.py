@@ -66,7 +66,7 @@ SEED = 123
 CFG = 7.0
 SIZE = 64  # pixels; 8×8 latent, the smallest size the full UNet's three downsamplings keep whole
 
-#: KSampler's sampler names we offer, in its order (pndm is ours alone); kept in step with samplers.OFFERED_SAMPLERS.
+#: KSampler's sampler names we offer, in its order (pndm is ours alone); kept in step with samplers.SAMPLER_NAMES.
 PARITY_SAMPLERS = [
     "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
     "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",

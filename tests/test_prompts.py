@@ -191,13 +191,13 @@ def test_sampler_accepts_positive_and_negative_of_different_lengths(core, m9):
     assert long_cond.shape[1] == 154 and short_cond.shape[1] == 77
     kwargs = dict(seed=3, steps=2, cfg=6.0, sampler_name="euler", scheduler="normal")
     latent = torch.zeros(1, 4, 8, 8)
-    mixed = core.sample_latent(m9.model, [[long_cond, {}]], [[short_cond, {}]], latent, **kwargs)
+    mixed = core.sample_latent(m9.model, long_cond, short_cond, latent, **kwargs)
     # Repeating a context along the token axis does not change cross-attention: same result as a 154-token negative.
-    repeated = core.sample_latent(m9.model, [[long_cond, {}]], [[short_cond.repeat(1, 2, 1), {}]], latent, **kwargs)
+    repeated = core.sample_latent(m9.model, long_cond, short_cond.repeat(1, 2, 1), latent, **kwargs)
     assert torch.isfinite(mixed).all()
     assert (mixed - repeated).abs().max() <= 1e-4
     five = torch.cat([short_cond] * 5, dim=1)  # 385 vs 77 tokens: more than 4× apart, run in separate batches
-    assert torch.isfinite(core.sample_latent(m9.model, [[five, {}]], [[short_cond, {}]], latent, **kwargs)).all()
+    assert torch.isfinite(core.sample_latent(m9.model, five, short_cond, latent, **kwargs)).all()
 
 
 # ----------------------------------------------------------------------------------------------- layer choice

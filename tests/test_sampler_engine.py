@@ -17,7 +17,7 @@ CFG = 6.0
 @pytest.fixture(scope="module")
 def conds(core, m9):
     (pos, _), (neg, _) = core.encode_prompt(m9.text_encoder, "一只猫"), core.encode_prompt(m9.text_encoder, "模糊")
-    return [[pos, {}]], [[neg, {}]]
+    return pos, neg
 
 
 class UNetCounter:
@@ -65,7 +65,7 @@ def test_cfg_1_skips_the_unconditional_pass(core, m9, conds, sampler_name):
 
 def test_cfg_1_ignores_the_negative(core, m9, conds):
     positive, _ = conds
-    other = [[torch.randn_like(positive[0][0]), {}]]
+    other = torch.randn_like(positive)
     a = run(core, m9, conds, cfg=1.0)
     b = run(core, m9, (positive, other), cfg=1.0)
     assert torch.equal(a, b)
@@ -136,16 +136,33 @@ def test_strength_weights_the_combined_entries(core, m9, conds):
     UNet's nonlinearity is not the mean context, so compare against the weighted mean of the two single runs' first
     step instead: one euler step is linear in the prediction."""
     positive, negative = conds
-    other = torch.randn_like(positive[0][0])
-    combined = [[positive[0][0], {"strength": 1.0}], [other, {"strength": 3.0}]]
+    other = torch.randn_like(positive)
+    combined = [core.CondEntry(positive, strength=1.0), core.CondEntry(other, strength=3.0)]
     kwargs = {"steps": 1, "cfg": 1.0}
     mixed = core.sample_latent(m9.model, combined, negative, torch.zeros(1, 4, 8, 8), seed=SEED, sampler_name="euler",
                                scheduler="normal", **kwargs)  # fmt: skip
     a = core.sample_latent(m9.model, positive, negative, torch.zeros(1, 4, 8, 8), seed=SEED, sampler_name="euler",
                            scheduler="normal", **kwargs)  # fmt: skip
-    b = core.sample_latent(m9.model, [[other, {}]], negative, torch.zeros(1, 4, 8, 8), seed=SEED, sampler_name="euler",
+    b = core.sample_latent(m9.model, other, negative, torch.zeros(1, 4, 8, 8), seed=SEED, sampler_name="euler",
                            scheduler="normal", **kwargs)  # fmt: skip
     assert torch.allclose(mixed, (a + 3 * b) / 4, atol=1e-4)
+
+
+def test_node_conditioning_options_become_the_engines_entries(core, pack, m9, conds):
+    """A CONDITIONING list's strength and timestep-range options (ConditioningCombine, ConditioningSetTimestepRange)
+    reach the engine as ``CondEntry`` fields; keys the UNet does not read (pooled_output) are dropped."""
+    positive, negative = conds
+    other = torch.randn_like(positive)
+    combined = [
+        [positive, {"strength": 3.0, "start_percent": 0.0, "end_percent": 0.5, "pooled_output": None}],
+        [other, {"start_percent": 0.5, "end_percent": None}],
+    ]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    node = pack.nodes.sampler.AltDiffusionSampler()
+    (out,) = node.sample(m9.model, SEED, STEPS, CFG, "euler", "normal", combined, [[negative, {}]], latent)
+    entries = [core.CondEntry(positive, strength=3.0, end_percent=0.5), core.CondEntry(other, start_percent=0.5)]
+    assert torch.equal(out["samples"], run(core, m9, (entries, negative)))
+    assert not torch.equal(out["samples"], run(core, m9, (positive, negative)))
 
 
 # ----------------------------------------------------------------------------------------------- cancel
@@ -182,7 +199,7 @@ def test_advanced_node_is_ksampleradvanced_shaped(pack, m9, conds):
     ]  # fmt: skip
     assert spec["add_noise"][0] == ["enable", "disable"]
     assert spec["return_with_leftover_noise"][0] == ["disable", "enable"]
-    positive, negative = conds
+    positive, negative = ([[context, {}]] for context in conds)  # the nodes take CONDITIONING
     latent = {"samples": torch.zeros(1, 4, 8, 8), "batch_index": [0]}
     (half,) = node().sample(m9.model, "enable", SEED, STEPS, CFG, "euler", "normal", positive, negative, latent, 0, 3, "enable")
     (done,) = node().sample(m9.model, "disable", 0, STEPS, CFG, "euler", "normal", positive, negative, half, 3, 10000, "disable")

@@ -20,7 +20,7 @@ import comfyui_altdiffusion.altdiff_core as core
 loaded = core.load_folder(sys.argv[1])
 cond, _ = core.encode_prompt(loaded.text_encoder, "(一只猫:1.2), watercolor")
 neg, _ = core.encode_prompt(loaded.text_encoder, "")
-latent = core.sample_latent(loaded.model, [[cond, {}]], [[neg, {}]], torch.zeros(1, 4, 8, 8), seed=123, steps=3,
+latent = core.sample_latent(loaded.model, cond, neg, torch.zeros(1, 4, 8, 8), seed=123, steps=3,
                             cfg=7.5, sampler_name="dpmpp_2m", scheduler="karras")
 image = core.decode_latent(loaded.vae, latent)
 print(hashlib.sha256(latent.numpy().tobytes() + image.numpy().tobytes()).hexdigest())
@@ -65,8 +65,8 @@ def test_same_inputs_give_bit_identical_outputs_across_processes(m9_folder, pack
     neg, _ = core.encode_prompt(loaded.text_encoder, "")
     latent = core.sample_latent(
         loaded.model,
-        [[cond, {}]],
-        [[neg, {}]],
+        cond,
+        neg,
         torch.zeros(1, 4, 8, 8),
         seed=123,
         steps=3,
@@ -103,6 +103,7 @@ def test_hub_is_only_contacted_for_a_hub_id(m9_folder, tmp_path):
             print("HUB CONTACTED", args, file=sys.stderr)
             raise ConnectionRefusedError("no network in this test")
         huggingface_hub.list_repo_files = huggingface_hub.snapshot_download = contacted
+        huggingface_hub.get_hf_file_metadata = contacted  # the first request: is the Hub reachable at all
         sys.argv = ["python .", "--model", "BAAI/AltDiffusion-m18", "--prompt", "x", "--output", sys.argv[1]]
         runpy.run_path("__main__.py", run_name="__main__")
     """),
@@ -110,5 +111,5 @@ def test_hub_is_only_contacted_for_a_hub_id(m9_folder, tmp_path):
         env={"HF_HUB_DISABLE_TELEMETRY": "1"},
     )
     assert hub.returncode == 2
-    assert "HUB CONTACTED ('BAAI/AltDiffusion-m18',)" in hub.stderr
+    assert "HUB CONTACTED ('https://huggingface.co/BAAI/AltDiffusion-m18/resolve/main/model_index.json',)" in hub.stderr
     assert "cannot download BAAI/AltDiffusion-m18" in hub.stderr and "Traceback" not in hub.stderr
