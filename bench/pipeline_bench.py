@@ -1,29 +1,59 @@
-"""End-to-end benchmark: our nodes vs diffusers' AltDiffusion pipeline vs ComfyUI's own path, same model, same run.
+"""End-to-end benchmark: our nodes vs diffusers' AltDiffusion pipeline vs ComfyUI's own path, same model, equal work.
 
 A full-size random AltDiffusion-m9 (XLM-R large + projection, SD1 UNet, SD VAE: 1.50 B parameters) is written once,
 as fp16 safetensors in the BAAI folder layout, into ``--cache`` (default ``$ALTDIFF_BENCH_MODELS``, else
-``bench/cache/models``). Then, each peer in fresh subprocesses:
+``bench/cache/models``), with the single UNet and VAE files ComfyUI's ``UNETLoader`` / ``VAELoader`` read (the same
+weights; the UNet file is ``bench/native_bench.py``'s when that exists, hard-linked). Peers, each run in a fresh process:
 
-- **ours**: the pack's node classes (Loader → Text Encode ×2 → Sampler → VAE Decode; VAE Encode → Sampler for img2img);
-- **diffusers**: ``AltDiffusionPipeline`` / ``AltDiffusionImg2ImgPipeline`` assembled from the folder's components
-  (``from_pretrained`` of each; the pipeline itself can't load the Hub folder), run the reference way;
-- **comfyui**: a real ComfyUI 0.3.75 server: ``UNETLoader`` + our text encode + ``KSampler`` + ``VAELoader``/``VAEDecode``.
+- **ours**: the pack's node classes in plain Python (Loader → Text Encode ×2 → Sampler → VAE Decode; VAE Encode →
+  Sampler → VAE Decode for img2img);
+- **diffusers_77** (like for like) and **diffusers** (its default): ``AltDiffusionPipeline`` /
+  ``AltDiffusionImg2ImgPipeline`` assembled from the folder's components (``from_pretrained`` of each; the pipeline
+  itself can't load the Hub folder), run the reference way. diffusers pads prompts to the tokenizer's
+  ``model_max_length``, 512 in the m9 config, so every UNet step of **diffusers** cross-attends 512 tokens (the floor
+  below counts what that adds); **diffusers_77** sets it to 77, the length ours (and ComfyUI) encode to;
+- **comfyui_native**: a real ComfyUI 0.3.75 server (``tests/comfy_server.py``) running ComfyUI's own types:
+  ``AltDiffusionCheckpointLoader`` (MODEL, CLIP, VAE) → stock ``CLIPTextEncode`` ×2 → ``KSampler`` → ``VAEDecode``;
+- **comfyui_unetloader**: another fresh server with no pack loader in its graph: ``UNETLoader`` + ``VAELoader`` →
+  ``KSampler`` → ``VAEDecode``, conditioned by ``bench/native_bench.py``'s ``NativeBenchConditioning`` (a fixed random
+  ``[1, 77, 768]``: ComfyUI has no XLM-R of its own). Its graph holds no text encoder, so its load and memory are of two
+  models where the others hold three (the report says so next to those ratios); its encode is not measured.
+  (``comfyui_unetloader_sdpa``, on request: the same, started with ``--use-pytorch-cross-attention``, the SDPA
+  attention the native MODEL picks on a CPU where ComfyUI's default is its sub-quadratic one.)
 
-Settings: txt2img 256×256, 4 steps, cfg 7.5, DPM++ 2M (Karras sigmas); img2img at denoise 0.5. Per stage: load, text
-encode, seconds per step, decode; peak RSS (and on CUDA peak VRAM, ``torch.cuda.max_memory_allocated``). On CUDA every
-stage timer and step timestamp waits for the GPU (``torch.cuda.synchronize``) first. Before every worker the
-model's files are read once, so each load starts from a warm page cache. The peers run round-robin, one round after
-another; medians over ``--repeats`` rounds; ratios ours/peer. Also the floor: FLOPs of one UNet call (torch's
-FlopCounterMode; CFG batch 2, the run's latent size) over the matrix-multiply rate measured in the same rounds in the
-same dtype (2048² on the CPU, the faster of ``torch.mm`` and oneDNN's linear; on CUDA 8192², after a warm-up).
+Both server graphs also run img2img (``VAEEncode`` → ``KSampler`` at denoise 0.5 → ``VAEDecode``). Settings: txt2img
+256×256, 4 steps, cfg 7.5, DPM++ 2M (Karras sigmas); img2img at denoise 0.5 (the same number of UNet steps on every
+side). Per stage: load, text encode (first and warm), seconds per step (the gaps between consecutive step reports,
+``steps − 1`` of them, on every side, as ComfyUI's progress events give; the first step, which pays for warm-up, is
+``first_step_s``), decode, img2img, end to end (2 encodes + sampling + decode); peak RSS and peak − base RSS (base:
+after imports, before loading; a server's imports are ComfyUI's) and on CUDA peak VRAM. On CUDA every timer waits for
+the GPU (``torch.cuda.synchronize``) first. Before every run the model's files are read once, so each load starts from
+a warm page cache.
+
+Two sections, each its own rounds (every peer once per round, round robin, then the floor):
+
+- **equal dtype** (``--dtype``, default fp32): every peer at that dtype (ComfyUI's ``UNETLoader`` with ``--fp32-unet
+  --fp32-vae``);
+- **default**: every peer as its users get it: ours and the native loader ``auto`` (fp16 on CUDA, bf16 on a CPU with
+  AVX512-BF16 or AMX, else fp32), diffusers' ``from_pretrained`` default (fp32), ComfyUI's own default for ``UNETLoader``
+  (fp32 on a CPU). Also the max abs pixel difference of our default image from our equal-dtype one.
+
+Every ratio (a/b, below 1 = a faster or leaner) is given per round, as the median over rounds and as min–max; a ratio
+whose rounds straddle 1 is marked "≈" (equal within noise), not a win. The floor: FLOPs of one UNet call (torch's
+``FlopCounterMode``; CFG batch 2, the run's latent size, 77 tokens, and with the tokenizer's default length), attention
+included (CPU SDPA, ``aten._scaled_dot_product_flash_attention_for_cpu``, has no formula in torch: counted here as
+``4·B·H·Lq·Lk·D``), over the matrix-multiply rate measured in the same round and dtype (2048² on the CPU, the faster
+of ``torch.mm`` and oneDNN's linear on this machine; on CUDA 8192², after a warm-up). The report's header names the
+CPU (model, core count, AVX512-BF16/AMX) and GPU each figure comes from, and the CPU kernels the pack uses on it.
 
 Usage (in the test venv, from the pack's folder)::
 
-    python bench/pipeline_bench.py                     # CPU, fp32 for every peer, then ours at the "auto" dtype
-    python bench/pipeline_bench.py --device cuda --dtype fp16 --size 512 --steps 20   # a CUDA machine
+    python bench/pipeline_bench.py                     # CPU: equal dtype (fp32) and default sections, 3 rounds each
+    python bench/pipeline_bench.py --size 64 --steps 2 --repeats 1 --peers ours,diffusers_77   # a smoke run
+    python bench/pipeline_bench.py --device cuda --dtype fp16 --size 512 --steps 20 --peers ours,diffusers_77,diffusers
 
 Results: stdout and ``pipeline_<device>_<dtype>.json`` / ``.md`` in ``--results`` (default ``bench/results``), rewritten
-after each peer so a run cut short keeps what it measured.
+after each run so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -32,13 +62,15 @@ import argparse
 import json
 import logging
 import os
-import resource
+import runpy
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from native_bench import UNET_FILE, _dtype_of, _gaps, _median, loaded_as, machine, serve, server_peer, status_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("ALTDIFF_BENCH_MODELS", ROOT / "bench" / "cache" / "models"))
@@ -48,7 +80,41 @@ PROMPT = "一只戴着红色围巾的橘猫坐在雪地里，油画风格"
 NEGATIVE = "模糊, 低质量"
 SEED = 42
 CFG = 7.5
+SAMPLER, SCHEDULER = "dpmpp_2m", "karras"
+IMG2IMG_DENOISE = 0.5
+TOKENS = 77
+"""The prompt length ours and ComfyUI encode to, and diffusers_77's."""
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+NAN = float("nan")
+
+WORKER_PEERS = {"ours": "ours", "diffusers": "diffusers", "diffusers_77": "diffusers"}
+"""Peers run as a worker of this file (a fresh Python process): peer → worker."""
+SERVER_PEERS = {"comfyui_native": "native", "comfyui_unetloader": "unetloader", "comfyui_unetloader_sdpa": "unetloader_sdpa"}
+"""Peers run in a fresh ComfyUI server: peer → ``native_bench.server_peer``'s graph."""
+PEERS = (*WORKER_PEERS, *SERVER_PEERS)
+DEFAULT_PEERS = "ours,diffusers_77,diffusers,comfyui_native,comfyui_unetloader"
+DEFAULT_DTYPES = {"ours": "auto", "diffusers": "fp32", "diffusers_77": "fp32", "comfyui_native": "auto",
+                  "comfyui_unetloader": "auto", "comfyui_unetloader_sdpa": "auto", "floor": "auto"}  # fmt: skip
+"""The default section's dtype per peer: "auto" is the pack's choice (ComfyUI's own on a UNETLoader server: no dtype
+flag); diffusers' default is fp32, its ``from_pretrained`` default. (Asked for explicitly: transformers 5 loads a text
+encoder without a dtype in its file's dtype, fp16 here, and the pipeline then fails on fp16 prompts into an fp32 UNet.)"""
+TEXT_ENCODER_LESS = ("comfyui_unetloader", "comfyui_unetloader_sdpa")
+RATIOS = (
+    ("ours", "diffusers_77", "like for like, 77 tokens on both sides"),
+    ("ours", "diffusers", "diffusers' default: every UNet step cross-attends 512 tokens"),
+    ("ours", "comfyui_native", "ComfyUI's own nodes on the native loader's MODEL/CLIP/VAE"),
+    ("ours", "comfyui_unetloader", "stock UNETLoader + KSampler; no text encoder in its graph"),
+    ("ours", "comfyui_unetloader_sdpa", "as above, ComfyUI on SDPA attention"),
+    ("comfyui_native", "comfyui_unetloader", "the native loader against ComfyUI's own"),
+)
+"""(a, b, what the pair compares): the a/b ratios the report gives, where both peers ran."""
+METRICS = {
+    "load_s": "load s", "encode_s": "encode s", "encode_warm_s": "encode, warm s", "first_step_s": "first step s",
+    "step_s": "s/step", "decode_s": "decode s", "img2img_s": "img2img s", "e2e_s": "end to end s",
+    "peak_rss_mb": "peak RSS MiB", "added_mb": "peak − base MiB", "peak_vram_mb": "peak VRAM MiB",
+}  # fmt: skip
+UNEQUAL = {"load_s", "peak_rss_mb", "added_mb"}
+"""Metrics that compare three models against two where one side is a UNETLoader server (no text encoder)."""
 
 logger = logging.getLogger("pipeline_bench")
 
@@ -70,6 +136,11 @@ def ensure_model(cache: Path) -> Path:
 
     folder = cache / "altdiffusion" / MODEL
     unet, vae = model_files(cache)
+    # native_bench's UNet file holds the same weights (same factory, family, seed and dtype): linked, not built again.
+    shared = cache / "unets" / UNET_FILE
+    if not unet.is_file() and shared.is_file():
+        unet.parent.mkdir(parents=True, exist_ok=True)
+        os.link(shared, unet)
     # The UNet file first: the folder's UNet has the same weights (same seed and config), so the folder links to it
     # instead of building the 860 M-parameter UNet a second time.
     for path, component in ((unet, "unet"), (vae, "vae")):
@@ -85,11 +156,12 @@ def ensure_model(cache: Path) -> Path:
     return folder
 
 
+def default_tokens(folder: Path) -> int:
+    """The prompt length diffusers pads to: the tokenizer config's ``model_max_length`` (512 for m9)."""
+    return int(json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"])
+
+
 # ----------------------------------------------------------------------------------------------- workers (subprocesses)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sync(device: str) -> None:
@@ -100,29 +172,30 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_vram_mb(device: str) -> dict:
-    """``{"peak_vram_mb": …}`` on CUDA (the most memory tensors held at once in this process), else nothing."""
-    if not device.startswith("cuda"):
-        return {}
-    import torch
+def _memory(device: str, base_mb: float) -> dict:
+    """Peak RSS (``VmHWM``) and the base taken after imports; on CUDA the most memory tensors held at once."""
+    out = {"peak_rss_mb": status_mb()["VmHWM"], "base_rss_mb": base_mb}
+    if device.startswith("cuda"):
+        import torch
 
-    return {"peak_vram_mb": torch.cuda.max_memory_allocated() / 2**20}
+        out["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
-def _median_step(stamps: list[float]) -> float:
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return statistics.median(gaps) if gaps else float("nan")
+def _steps(start: float, stamps: list[float]) -> dict:
+    """``step_s_each``: the gaps between consecutive step reports (ComfyUI's progress events give only these);
+    ``first_step_s``: from the sampler's start to the first report (first use of the weights, kernel warm-up)."""
+    return {"step_s_each": _gaps(stamps), "first_step_s": stamps[0] - start if stamps else NAN}
 
 
 def worker_ours(args) -> dict:
-    sys.path.insert(0, str(ROOT))
-    import runpy
-
+    import numpy as np
     import torch
 
     runpy.run_path(str(ROOT / "__main__.py"), run_name="bootstrap")["load_pack"](ROOT)
     from comfyui_altdiffusion.nodes import comfy_seam, loader, sampler, text_encode, vae
 
+    base = status_mb()["VmRSS"]
     stamps: list[float] = []
     plain_callback = comfy_seam.step_callback
 
@@ -152,35 +225,37 @@ def worker_ours(args) -> dict:
     _sync(args.device)
     encode_warm = (time.perf_counter() - t) / 2  # the first calls above also paid for kernel warm-up
     latent = {"samples": torch.zeros(1, 4, args.size // 8, args.size // 8)}
-    start = time.perf_counter()
     stamps.clear()
-    (out,) = sampler.AltDiffusionSampler().sample(model, SEED, args.steps, CFG, "dpmpp_2m", "karras", pos, neg, latent, 1.0)
+    start = time.perf_counter()
+    (out,) = sampler.AltDiffusionSampler().sample(model, SEED, args.steps, CFG, SAMPLER, SCHEDULER, pos, neg, latent, 1.0)
     _sync(args.device)
     sample_total = time.perf_counter() - start
-    step = _median_step([start, *stamps])
+    steps = _steps(start, stamps)
     t = time.perf_counter()
     (image,) = vae.AltDiffusionVAEDecode().decode(out, v)
     _sync(args.device)
     decode = time.perf_counter() - t
     t = time.perf_counter()
     (init,) = vae.AltDiffusionVAEEncode().encode(image, v)
-    stamps.clear()
-    (out2,) = sampler.AltDiffusionSampler().sample(model, SEED, args.steps, CFG, "dpmpp_2m", "karras", pos, neg, init, 0.5)
+    (out2,) = sampler.AltDiffusionSampler().sample(
+        model, SEED, args.steps, CFG, SAMPLER, SCHEDULER, pos, neg, init, IMG2IMG_DENOISE
+    )
     (image2,) = vae.AltDiffusionVAEDecode().decode(out2, v)
     _sync(args.device)
     img2img = time.perf_counter() - t
+    if args.image_out:  # a file, not the JSON answer: megabytes of floats have no place in the log
+        np.save(args.image_out, image.float().numpy())
     return {
         "load_s": load,
         "encode_s": encode,
         "encode_warm_s": encode_warm,
-        "step_s": step,
+        **steps,
         "sample_s": sample_total,
         "decode_s": decode,
         "img2img_s": img2img,
-        "peak_rss_mb": _peak_rss_mb(),
-        **_peak_vram_mb(args.device),
-        "info": info,
-        "image": image.numpy().tolist() if args.keep_image else None,
+        **_memory(args.device, base),
+        "prompt_tokens": int(pos[0][0].shape[1]),
+        "loaded_as": _dtype_of(info),
     }
 
 
@@ -192,6 +267,7 @@ def worker_diffusers(args) -> dict:
     from diffusers.pipelines.deprecated.alt_diffusion.pipeline_alt_diffusion_img2img import AltDiffusionImg2ImgPipeline
     from transformers import XLMRobertaTokenizer
 
+    base = status_mb()["VmRSS"]
     dtype = getattr(torch, DTYPES[args.dtype])
     folder = Path(args.model)
     t = time.perf_counter()
@@ -199,6 +275,8 @@ def worker_diffusers(args) -> dict:
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
     tokenizer = XLMRobertaTokenizer.from_pretrained(folder / "tokenizer")
+    if args.tokens:  # diffusers pads every prompt to this length, and the UNet cross-attends all of it
+        tokenizer.model_max_length = args.tokens
     # DPM++ 2M with Karras sigmas: the same solver as ours ("dpmpp_2m" + "karras").
     scheduler = DPMSolverMultistepScheduler.from_pretrained(folder, subfolder="scheduler", use_karras_sigmas=True)
     parts = dict(
@@ -246,7 +324,7 @@ def worker_diffusers(args) -> dict:
     ).images
     _sync(args.device)
     sample_total = time.perf_counter() - start
-    step = _median_step([start, *stamps])
+    steps = _steps(start, stamps)
     t = time.perf_counter()
     with torch.no_grad():
         pixels = vae.decode(latents / vae.config.scaling_factor).sample
@@ -258,10 +336,11 @@ def worker_diffusers(args) -> dict:
         prompt_embeds=pos,
         negative_prompt_embeds=neg,
         image=((pixels + 1) / 2).clamp(0, 1).float(),
-        strength=0.5,
-        num_inference_steps=args.steps * 2,
+        strength=IMG2IMG_DENOISE,
+        num_inference_steps=round(args.steps / IMG2IMG_DENOISE),  # strength 0.5 runs the last half: `steps` steps
         guidance_scale=CFG,
         generator=generator,
+        output_type="pt",  # a tensor, as ours returns an IMAGE tensor (not PIL images)
     )
     _sync(args.device)
     img2img = time.perf_counter() - t
@@ -269,98 +348,54 @@ def worker_diffusers(args) -> dict:
         "load_s": load,
         "encode_s": encode,
         "encode_warm_s": encode_warm,
-        "step_s": step,
+        **steps,
         "sample_s": sample_total,
         "decode_s": decode,
         "img2img_s": img2img,
-        "peak_rss_mb": _peak_rss_mb(),
-        **_peak_vram_mb(args.device),
+        **_memory(args.device, base),
         "prompt_tokens": int(pos.shape[1]),
+        "loaded_as": f"{unet.dtype} on {args.device}, {int(pos.shape[1])} tokens",
     }
 
 
-def worker_comfyui(args) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from comfy_server import ComfyServer
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of CPU SDPA (``aten._scaled_dot_product_flash_attention_for_cpu``), which torch's FlopCounterMode has no
+    formula for: QKᵀ and PV, ``2·B·H·Lq·Lk·D`` each, as torch counts its CUDA SDPA kernels."""
+    from torch.utils.flop_counter import sdpa_flop_count
 
-    unet_name = f"{MODEL}-unet.safetensors"
-    vae_name = f"{MODEL}-vae.safetensors"
-    graph = {
-        "L": {"class_type": "AltDiffusionLoader", "inputs": {"model_name": MODEL, "dtype": args.dtype}},
-        "P": {"class_type": "AltDiffusionTextEncode", "inputs": {"text": PROMPT, "text_encoder": ["L", 1]}},
-        "N": {"class_type": "AltDiffusionTextEncode", "inputs": {"text": NEGATIVE, "text_encoder": ["L", 1]}},
-        "U": {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": "default"}},
-        "E": {"class_type": "EmptyLatentImage", "inputs": {"width": args.size, "height": args.size, "batch_size": 1}},
-        "K": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["U", 0],
-                "seed": SEED,
-                "steps": args.steps,
-                "cfg": CFG,
-                "sampler_name": "dpmpp_2m",
-                "scheduler": "karras",
-                "positive": ["P", 0],
-                "negative": ["N", 0],
-                "latent_image": ["E", 0],
-                "denoise": 1.0,
-            },
-        },
-        "V": {"class_type": "VAELoader", "inputs": {"vae_name": vae_name}},
-        "D": {"class_type": "VAEDecode", "inputs": {"samples": ["K", 0], "vae": ["V", 0]}},
-        "S": {"class_type": "PreviewImage", "inputs": {"images": ["D", 0]}},
-    }
-    paths = {name: [args.cache / name] for name in ("altdiffusion", "diffusion_models", "vae")}
-    extra = ("--fp32-unet", "--fp32-vae") if args.dtype == "fp32" else ()
-    with tempfile.TemporaryDirectory() as work, ComfyServer(ROOT, Path(work), model_paths=paths, extra_args=extra) as server:
-        spans: dict[str, float] = {}
-        steps: list[float] = []
-        state = {"node": None, "since": None}
-
-        def on_event(event):
-            now = time.perf_counter()
-            if event["type"] == "executing":
-                if state["node"] is not None:
-                    spans[state["node"]] = now - state["since"]
-                state["node"], state["since"] = event["data"].get("node"), now
-            elif event["type"] == "progress" and event["data"].get("node") == "K":
-                steps.append(now)
-
-        result = server.run(graph, timeout=3600, on_event=on_event)
-        if result.status_str != "success":
-            raise RuntimeError(f"ComfyUI run failed: {result.error}")
-        peak = _vm_hwm_mb(server.proc.pid)
-    return {
-        # progress events only arrive after a step: medians use the gaps between them
-        "load_s": spans.get("U", float("nan")) + spans.get("V", 0.0),
-        "step_s": _median_step(steps),
-        "sample_s": spans.get("K"),
-        "decode_s": spans.get("D"),
-        "encode_s": spans.get("P"),
-        "peak_rss_mb": peak,
-    }
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _unet_flops(unet, x, tokens: int) -> tuple[int, int]:
+    """(all FLOPs, attention's FLOPs) of one UNet call on latents `x` with a ``[batch, tokens, width]`` context."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ctx = torch.randn(x.shape[0], tokens, unet.config.cross_attention_dim, dtype=x.dtype, device=x.device)
+    timesteps = torch.full((x.shape[0],), 500, device=x.device)
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        unet(x, timesteps, encoder_hidden_states=ctx)
+    attention = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "scaled_dot_product" in str(op))
+    return counter.get_total_flops(), attention
 
 
 def worker_floor(args) -> dict:
+    sys.path.insert(0, str(ROOT))
     import torch
     from diffusers import UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
 
-    dtype = getattr(torch, DTYPES[args.dtype])
+    from altdiff_core import resolve_dtype
+    from altdiff_core.cpu_kernels import onednn_linear_op  # the op the pack's CPU linears use, probed as they are
+
+    dtype = resolve_dtype(args.dtype, torch.device(args.device))
     unet = UNet2DConditionModel.from_pretrained(Path(args.model), subfolder="unet", torch_dtype=dtype).to(args.device)
     side = args.size // 8
     x = torch.randn(2, 4, side, side, dtype=dtype, device=args.device)
-    ctx = torch.randn(2, 77, 768, dtype=dtype, device=args.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, torch.tensor([500, 500], device=args.device), encoder_hidden_states=ctx)
-    flops = counter.get_total_flops()
+    flops, attention = _unet_flops(unet, x, TOKENS)
+    padded = default_tokens(Path(args.model))
+    flops_padded, attention_padded = _unet_flops(unet, x, padded) if padded != TOKENS else (flops, attention)
+    del unet
     cuda = args.device.startswith("cuda")
     # A GPU finishes a 2048² product in microseconds, below what a timer resolves, and its first calls pay for
     # kernel selection and clock ramp-up: there, a larger product, a warm-up, and batches of calls per timing.
@@ -368,13 +403,10 @@ def worker_floor(args) -> dict:
     a = torch.randn(n, n, dtype=dtype, device=args.device)
     b = torch.randn(n, n, dtype=dtype, device=args.device)
     products = {"torch.mm": lambda: torch.mm(a, b)}
-    sys.path.insert(0, str(ROOT))
-    from altdiff_core.cpu_kernels import onednn_linear_op  # the op the pack's CPU linears use, probed as they are
-
-    onednn = None if cuda else onednn_linear_op()
+    onednn = None if cuda else onednn_linear_op(dtype)
     if onednn is not None:
-        # torch's CPU matmul is MKL's; oneDNN's (the op inductor uses) was faster on the 2-core AMD VM (2048² fp32: 217
-        # against 161 GFLOP/s). The floor is the machine's limit, so it takes the faster of the two.
+        # torch's CPU matmul is MKL's; oneDNN's (the op inductor uses) can be faster (2048² fp32 on the 2-core AMD VM:
+        # 217 against 161 GFLOP/s). The floor is this machine's limit, so it takes the faster of the two, measured here.
         products["onednn.linear"] = lambda: onednn(a, b, None, "none", [], "")
     rates = {}
     for name, product in products.items():
@@ -395,206 +427,336 @@ def worker_floor(args) -> dict:
         rates[name] = best
     fastest = max(rates, key=rates.get)
     return {
+        "dtype": str(dtype),
         "unet_gflop": flops / 1e9,
+        "attention_gflop": attention / 1e9,
+        "padded_tokens": padded,
+        "unet_gflop_padded": flops_padded / 1e9,
+        "attention_gflop_padded": attention_padded / 1e9,
         "matmul_n": n,
         "matmul_gflops": rates[fastest] / 1e9,
         "matmul_op": fastest,
-        **{f"matmul_gflops[{name}]": rate / 1e9 for name, rate in rates.items()},
+        "matmul_gflops_each": {name: rate / 1e9 for name, rate in rates.items()},
         "floor_step_s": flops / rates[fastest],
-        **_peak_vram_mb(args.device),
     }
 
 
-WORKERS = {"ours": worker_ours, "diffusers": worker_diffusers, "comfyui": worker_comfyui, "floor": worker_floor}
+WORKERS = {"ours": worker_ours, "diffusers": worker_diffusers, "floor": worker_floor}
+
+
+# ----------------------------------------------------------------------------------------------- server peers
+
+
+def server_graph(peer: str, dtype: str, args) -> tuple[dict, list[str], dict]:
+    """(graph, extra ComfyUI arguments, model folders) of a server peer: ``native_bench``'s graph on this model, with
+    this benchmark's sampler, then ``VAEDecode`` and img2img (``VAEEncode`` → ``KSampler`` → ``VAEDecode``)."""
+    unet, vae_file = model_files(args.cache)
+    where = argparse.Namespace(size=args.size, steps=args.steps, folder=args.model, unet=unet)
+    graph, extra, paths = server_peer(SERVER_PEERS[peer], "fp32" if dtype == "fp32" else "auto", where)
+    if SERVER_PEERS[peer] == "native":
+        graph["L"]["inputs"]["model_name"] = MODEL
+        graph["L"]["inputs"]["dtype"] = dtype
+        graph["P"]["inputs"]["text"], graph["N"]["inputs"]["text"] = PROMPT, NEGATIVE
+        vae = ["L", 2]
+    else:
+        graph["L"]["inputs"]["unet_name"] = unet.name
+        graph["V"] = {"class_type": "VAELoader", "inputs": {"vae_name": vae_file.name}}
+        paths["vae"] = [vae_file.parent]
+        extra += ["--fp32-vae"] if dtype == "fp32" else []
+        vae = ["V", 0]
+    graph["K"]["inputs"].update(sampler_name=SAMPLER, scheduler=SCHEDULER)
+    del graph["S"]  # native_bench's SaveLatent
+    img2img = dict(graph["K"]["inputs"], latent_image=["I", 0], denoise=IMG2IMG_DENOISE)
+    graph |= {
+        "D": {"class_type": "VAEDecode", "inputs": {"samples": ["K", 0], "vae": vae}},
+        "I": {"class_type": "VAEEncode", "inputs": {"pixels": ["D", 0], "vae": vae}},
+        "K2": {"class_type": "KSampler", "inputs": img2img},
+        "D2": {"class_type": "VAEDecode", "inputs": {"samples": ["K2", 0], "vae": vae}},
+        "S": {"class_type": "PreviewImage", "inputs": {"images": ["D2", 0]}},
+    }
+    return graph, extra, paths
+
+
+def run_server(peer: str, dtype: str, args) -> dict:
+    graph, extra, paths = server_graph(peer, dtype, args)
+    served = serve(graph, extra, paths, ROOT, f"{peer} ({dtype})")
+    spans = served["spans"]
+
+    def span(*nodes: str) -> float:
+        return sum(spans[n][1] - spans[n][0] for n in nodes) if all(len(spans.get(n, ())) == 2 for n in nodes) else NAN
+
+    native = SERVER_PEERS[peer] == "native"
+    return {
+        # the native loader loads all three models; UNETLoader's graph loads the UNet and (VAELoader) the VAE only
+        "load_s": span("L") if native else span("L", "V"),
+        "encode_s": span("P", "N") / 2 if native else NAN,  # no text encoder on a UNETLoader server
+        **_steps(spans["K"][0], served["progress"].get("K", [])),
+        "sample_s": span("K"),
+        "decode_s": span("D"),
+        "img2img_s": span("I", "K2", "D2"),
+        "peak_rss_mb": served["status"]["VmHWM"],
+        "base_rss_mb": served["base_rss_mb"],
+        "startup_s": served["startup_s"],
+        "loaded_as": "; ".join(dict.fromkeys(_dtype_of(line) for line in loaded_as(served["log"]))),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- driver
 
 
-def run_worker(kind: str, args, dtype: str) -> dict:
+def run_worker(kind: str, args, dtype: str, tokens: int = 0, image_out: Path | None = None) -> dict:
+    command = [sys.executable, __file__, "--worker", kind, "--model", str(args.model), "--dtype", dtype, "--size",
+               str(args.size), "--steps", str(args.steps), "--device", args.device, "--cache", str(args.cache),
+               "--tokens", str(tokens)]  # fmt: skip
+    if image_out is not None:
+        command += ["--image-out", str(image_out)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} worker ({dtype}) failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_peer(peer: str, args, dtype: str, image_out: Path | None = None) -> dict:
+    """One run of `peer` from a warm page cache, with the derived figures (s/step, end to end, peak − base)."""
     # Every load starts from a warm page cache. Without this a load could find part of the files pushed out of it and
     # time the disk instead: by whatever ran before the benchmark (ours 42.8 s in round 1, 3.5 s in round 2) or by
     # the ComfyUI peer (12 GB resident on the 24 GB VM) just before ours (9.4 s against 1.6 s minutes later).
     from load_bench import warm_page_cache  # bench/ is this script's folder, so on sys.path
 
-    warmed = warm_page_cache(args.model, *model_files(args.cache))
-    logger.info("page cache warmed with %.2f GiB", warmed / 2**30)
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        kind,
-        "--model",
-        str(args.model),
-        "--dtype",
-        dtype,
-        "--size",
-        str(args.size),
-        "--steps",
-        str(args.steps),
-        "--device",
-        args.device,
-        "--cache",
-        str(args.cache),
-    ]
-    if args.keep_image:
-        command.append("--keep-image")
-    logger.info("running the %s worker (%s)", kind, dtype)
+    warm_page_cache(args.model, *model_files(args.cache))
+    logger.info("running %s (%s)", peer, dtype)
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
-    if done.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed:\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if peer in SERVER_PEERS:
+        result = run_server(peer, dtype, args)
+    elif peer == "floor":
+        return run_worker("floor", args, dtype)
+    else:
+        tokens = TOKENS if peer == "diffusers_77" else 0
+        result = run_worker(WORKER_PEERS[peer], args, dtype, tokens, image_out if peer == "ours" else None)
     result["wall_s"] = time.perf_counter() - started
-    logger.info("%s (%s): %s", kind, dtype, {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
+    result["load_avg"] = os.getloadavg()[0]
+    result["step_s"] = _median(result["step_s_each"])
+    result["e2e_s"] = 2 * result["encode_s"] + result["sample_s"] + result["decode_s"]  # NaN where nothing encodes
+    result["added_mb"] = result["peak_rss_mb"] - result["base_rss_mb"]
+    logger.info("%s (%s): %s", peer, dtype, {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
     return result
 
 
-def medians(runs: list[dict]) -> dict:
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
-    return {k: statistics.median(r[k] for r in runs) for k in keys} | {
-        k: v for k, v in runs[0].items() if not isinstance(v, (int, float))
+def ratio(runs: dict, a: str, b: str, key: str) -> dict | None:
+    """a/b of `key` per round (rounds where both measured it), their median and range; ``noise``: the rounds straddle
+    1, so the ratio is equal within noise."""
+    each = [x[key] / y[key] for x, y in zip(runs.get(a, []), runs.get(b, []), strict=False)
+            if x.get(key, NAN) == x.get(key, NAN) and y.get(key, NAN) == y.get(key, NAN) and y[key]]  # fmt: skip
+    if not each:
+        return None
+    return {"median": statistics.median(each), "rounds": each, "min": min(each), "max": max(each),
+            "noise": min(each) < 1 < max(each)}  # fmt: skip
+
+
+def section_ratios(runs: dict) -> dict:
+    return {
+        f"{a}/{b}": {k: r for k in METRICS if (r := ratio(runs, a, b, k))} for a, b, _ in RATIOS if runs.get(a) and runs.get(b)
     }
 
 
-STAGES = ("load_s", "encode_s", "encode_warm_s", "step_s", "decode_s", "img2img_s", "peak_rss_mb")
-CUDA_STAGES = ("peak_vram_mb",)  # measured on CUDA only: a column only where some peer has it
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if value == value else "–"
 
 
-def ratios(ours: dict, peer: dict) -> dict:
-    return {k: ours[k] / peer[k] for k in STAGES + CUDA_STAGES if k in ours and peer.get(k) and peer[k] == peer[k]}
+def _ratio_cell(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    if len(r["rounds"]) == 1:
+        return _fmt(r["median"])
+    return f"{_fmt(r['median'])} ({_fmt(r['min'])}–{_fmt(r['max'])})" + (" ≈" if r["noise"] else "")
+
+
+def _spread_cell(values: list[float], digits: int) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "–"
+    middle = _fmt(statistics.median(values), digits)
+    return middle if len(values) == 1 else f"{middle} ({_fmt(min(values), digits)}–{_fmt(max(values), digits)})"
+
+
+def _header(report: dict) -> list[str]:
+    m = report["machine"]
+    bf16 = ", ".join(m["bf16_flags"]) or "none"
+    gpu = f"; GPU {m['gpu']}" if m.get("gpu") else ""
+    return [
+        f"# Pipeline benchmark — {m['cpu']}, {m['cpus']} CPUs (bf16 instructions: {bf16}){gpu}",
+        "",
+        f"{m['date']}, {m['platform']}, torch {m['torch']}, diffusers {m['diffusers']}, ComfyUI 0.3.75; device "
+        f"{report['device']}; load average {report['load_before']} before, {report.get('load_after', '…')} after. "
+        f"Model: full-size random AltDiffusion-m9 (fp16 files). txt2img {report['size']}², {report['steps']} steps, "
+        f"cfg {CFG}, DPM++ 2M Karras; img2img denoise {IMG2IMG_DENOISE}; rounds per section: {report['repeats']}, round "
+        f"robin, every run a fresh process from a warm page cache. auto = {report['auto']} here. CPU kernels the pack "
+        f"uses on this machine: {report['cpu_kernels']}.",
+        "",
+        "Ratios a/b: median over rounds (min–max); below 1 = a faster or leaner; **≈** = the rounds straddle 1: equal "
+        "within noise, not a win. s/step: gaps between step reports (steps − 1 per run, the same on every side).",
+    ]  # fmt: skip
+
+
+def _floor_line(floor_runs: list[dict], ours: list[dict]) -> str:
+    f = floor_runs[-1]
+    added = f["unet_gflop_padded"] / f["unet_gflop"] - 1
+    each = ", ".join(f"{name} {rate:.0f}" for name, rate in f["matmul_gflops_each"].items())
+    over = [o["step_s"] / fl["floor_step_s"] for o, fl in zip(ours, floor_runs, strict=False) if o["step_s"] == o["step_s"]]
+    line = (
+        f"Floor ({f['dtype']}): one UNet call (CFG batch 2, {TOKENS} tokens) {f['unet_gflop']:.4g} GFLOP, attention "
+        f"(QKᵀ and PV; CPU SDPA counted as 4·B·H·Lq·Lk·D) {f['attention_gflop']:.3g} GFLOP of it "
+        f"({f['attention_gflop'] / f['unet_gflop']:.1%}); with diffusers' default {f['padded_tokens']} tokens "
+        f"{f['unet_gflop_padded']:.4g} GFLOP (+{added:.1%}; attention {f['attention_gflop_padded']:.3g}). Matmul "
+        f"{f['matmul_n']}² {_spread_cell([r['matmul_gflops'] for r in floor_runs], 0)} GFLOP/s (the faster of: {each}); "
+        f"floor {_spread_cell([r['floor_step_s'] for r in floor_runs], 3)} s/step."
+    )
+    if over:
+        line += f" ours/floor {_spread_cell(over, 2)}; per round {', '.join(_fmt(v) for v in over)}."
+    return line
 
 
 def markdown(report: dict) -> str:
     """The report as markdown; parts not measured yet (a run still going, or cut short) are left out."""
-    results = [entry["result"] for entry in report["peers"].values()]
-    columns = STAGES + tuple(k for k in CUDA_STAGES if any(k in r for r in results))
-    lines = [
-        f"# Pipeline benchmark — {report['machine']}",
-        "",
-        f"txt2img {report['size']}², {report['steps']} steps, cfg {CFG}, DPM++ 2M Karras; img2img denoise 0.5.",
-        "",
-        "| peer | dtype | " + " | ".join(columns) + " |",
-        "|---|---|" + "---|" * len(columns),
-    ]
-    for name, entry in report["peers"].items():
-        cells = [f"{entry['result'].get(k, float('nan')):.3f}" for k in columns]
-        lines.append(f"| {name} | {entry['dtype']} | " + " | ".join(cells) + " |")
-    lines += ["", "| ratio | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, r in report["ratios"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.2f}" if k in r else "–" for k in columns) + " |")
-    floor = report.get("floor")
-    if floor is not None:
-        size = f"{floor['matmul_n']:.0f}² " if "matmul_n" in floor else ""  # a median of two ints is a float
-        prefix = "matmul_gflops["
-        each = ", ".join(f"{k[len(prefix) : -1]} {v:.0f}" for k, v in floor.items() if k.startswith(prefix)) or "torch.mm"
+    lines = _header(report)
+    for section in report["sections"].values():
+        runs = {peer: done for peer, done in section["runs"].items() if done}
+        peers = [p for p in runs if p != "floor"]
+        if not peers:
+            continue
+        dtypes = ", ".join(f"{p} {section['dtypes'][p]}" for p in peers)
+        lines += ["", f"## {section['title']}", "", f"dtypes: {dtypes}.", ""]
+        ratios = section_ratios(runs)
+        columns = [k for k in METRICS if any(k in r for r in ratios.values())]
+        headline = ratios.get("ours/diffusers_77", {})
+        if headline:  # the like-for-like pair; ours/diffusers (512 tokens) is named as diffusers' default below
+            figures = ", ".join(f"{METRICS[k]} {_ratio_cell(headline.get(k))}" for k in ("step_s", "e2e_s", "peak_rss_mb"))
+            lines += [f"**Like for like, ours/diffusers_77**: {figures}.", ""]
+        if ratios:
+            lines += ["| ratio | " + " | ".join(METRICS[k] for k in columns) + " |", "|---|" + "---|" * len(columns)]
+            lines += [f"| {pair} | " + " | ".join(_ratio_cell(rs.get(k)) for k in columns) + " |" for pair, rs in ratios.items()]
+            lines.append("")
+        for a, b, what in RATIOS:
+            rs = ratios.get(f"{a}/{b}")
+            if rs:
+                unequal = " Load and memory: three models against two (no text encoder there)." if b in TEXT_ENCODER_LESS else ""
+                per_round = "; ".join(f"{METRICS[k]} {', '.join(_fmt(v) for v in r['rounds'])}" for k, r in rs.items())
+                lines.append(f"- {a}/{b} ({what}).{unequal} Per round: {per_round}.")
+        columns = [k for k in METRICS if any(k in r for done in runs.values() for r in done)]
         lines += [
             "",
-            f"UNet call: {floor['unet_gflop']:.0f} GFLOP; matmul {size}{floor['matmul_gflops']:.0f} GFLOP/s "
-            f"({report['dtype']}; the faster of: {each}); floor {floor['floor_step_s']:.3g} s/step; ours "
-            f"{report['step_over_floor']:.2f}× the floor.",
+            "| peer | loaded as | " + " | ".join(METRICS[k] for k in columns) + " |",
+            "|---|---|" + "---|" * len(columns),
         ]
-    if report.get("rounds"):
-        lines += ["", "s/step in each round (the floor's too): " + "; ".join(
-            ", ".join(f"{name} {value:.3g}" for name, value in round_.items()) for round_ in report["rounds"])]  # fmt: skip
-    if "auto" in report:
-        lines += [
-            "",
-            f"Default dtype (auto = {report['auto']['dtype']}): end-to-end {report['auto']['e2e_s']:.1f} s vs "
-            f"diffusers' default fp32 {report['auto']['diffusers_e2e_s']:.1f} s = {report['auto']['ratio']:.2f}×; "
-            f"max abs pixel drift vs fp32 {report['auto']['drift']:.4f}.",
-        ]
+        for peer in peers:
+            done = runs[peer]
+            digits = {k: 0 if k.endswith("_mb") else 3 for k in columns}
+            cells = [_spread_cell([r.get(k, NAN) for r in done], digits[k]) for k in columns]
+            lines.append(f"| {peer} | {done[0].get('loaded_as', '')} | " + " | ".join(cells) + " |")
+        if runs.get("floor"):
+            lines += ["", _floor_line(runs["floor"], runs.get("ours", []))]
+    if report.get("drift") is not None:
+        lines += ["", f"Our default-dtype image against our equal-dtype one: max abs pixel difference {report['drift']:.4f}."]
     if report.get("note"):
         lines += ["", report["note"]]
     return "\n".join(lines) + "\n"
 
 
-def e2e(result: dict) -> float:
-    return result["encode_s"] * 2 + result["sample_s"] + result["decode_s"]
+def save(report: dict, stem: Path) -> None:
+    """Write the report so far as ``stem.json`` and ``stem.md``; called after each run, so a run that is stopped
+    (a time limit, a failing peer) still leaves what it measured."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    stem.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+
+
+def describe_machine(device: str) -> tuple[dict, str, str]:
+    """(the machine: CPU model, cores, bf16 flags, … and the GPU on CUDA; what "auto" resolves to; the CPU kernels the
+    pack uses here)."""
+    sys.path.insert(0, str(ROOT))
+    import diffusers
+    import torch
+
+    from altdiff_core import cpu_kernels, resolve_dtype
+
+    info = machine() | {"diffusers": diffusers.__version__}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    ops = [str(d).removeprefix("torch.") for d in cpu_kernels.ONEDNN_DTYPES if cpu_kernels.onednn_linear_op(d) is not None]
+    kernels = (f"oneDNN linears in {', '.join(ops) or 'no dtype (F.linear)'}; 3×3 convolutions as one matmul at ≥ "
+               f"{cpu_kernels.MIN_CHANNELS} input channels and ≤ {cpu_kernels.MAX_PIXELS} pixels (fixed thresholds, "
+               "measured on the 2-core AMD EPYC VM)")  # fmt: skip
+    return info, str(resolve_dtype("auto", torch.device(device))).removeprefix("torch."), kernels
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=list(WORKERS))
-    parser.add_argument("--model", type=Path)
-    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES) + ["auto"])
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--image-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="fp32", help="the equal-dtype section's dtype for every peer: fp32, fp16, bf16")
+    parser.add_argument("--sections", default="equal,default", help="comma-separated: equal (--dtype everywhere), "
+                        "default (each peer's own default dtype)")  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--peers", default="ours,diffusers,comfyui")
-    parser.add_argument("--keep-image", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per section")
+    parser.add_argument("--peers", default=DEFAULT_PEERS, help=f"comma-separated, of {', '.join(PEERS)}")
     parser.add_argument("--cache", type=Path, default=CACHE, help="model folder (default $ALTDIFF_BENCH_MODELS, else "
                         "bench/cache/models); the random model is written there on first use")  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the .json / .md report goes")
     parser.add_argument("--note", default="", help="a line appended to the markdown report (e.g. a peer not run)")
     args = parser.parse_args(argv)
     if args.worker:
-        result = WORKERS[args.worker](args)
-        print(json.dumps(result))  # noqa: T201 - the worker's answer to the driver, on stdout
+        print(json.dumps(WORKERS[args.worker](args)))  # noqa: T201 - the worker's answer to the driver, on stdout
         return 0
+    peers, sections = args.peers.split(","), args.sections.split(",")
+    if unknown := set(peers) - set(PEERS):
+        parser.error(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
+    if unknown := set(sections) - {"equal", "default"}:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from equal, default")
+    if args.dtype not in DTYPES:
+        parser.error(f"--dtype {args.dtype!r}: the equal-dtype section takes one of {', '.join(DTYPES)}")
+    servers = [p for p in peers if p in SERVER_PEERS]
+    if servers and (args.device != "cpu" or (args.dtype != "fp32" and "equal" in sections)):
+        parser.error(f"{', '.join(servers)}: ComfyUI's servers here run on the CPU (--cpu) and take fp32 as the equal "
+                     "dtype; leave them out of --peers for --device cuda or --dtype fp16/bf16")  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.model = ensure_model(args.cache)
-    peers = args.peers.split(",")
-    machine = f"{args.device}, {os.cpu_count()} cores"
-    if args.device.startswith("cuda"):
-        import torch
-
-        machine = f"{torch.cuda.get_device_name()}, {os.cpu_count()} cores"
+    info, auto, kernels = describe_machine(args.device)
     report = {
-        "machine": machine,
-        "size": args.size,
-        "steps": args.steps,
-        "dtype": args.dtype,
-        "peers": {},
-        "ratios": {},
-        "note": args.note,
-    }
+        "machine": info, "device": args.device, "auto": auto, "cpu_kernels": kernels, "size": args.size,
+        "steps": args.steps, "repeats": args.repeats, "note": args.note,
+        "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()), "sections": {}, "drift": None,
+    }  # fmt: skip
+    titles = {"equal": f"Equal dtype: {args.dtype} for every peer",
+              "default": "Default dtypes: each peer as its users get it (ours and the native loader auto, diffusers "
+                         "fp32, ComfyUI's UNETLoader its own choice)"}  # fmt: skip
+    for name in sections:
+        dtypes = {peer: args.dtype if name == "equal" else DEFAULT_DTYPES[peer] for peer in [*peers, "floor"]}
+        report["sections"][name] = {"title": titles[name], "dtypes": dtypes, "runs": {peer: [] for peer in dtypes}}
     stem = args.results / f"pipeline_{args.device}_{args.dtype}"
-    runs: dict[str, list[dict]] = {name: [] for name in [*peers, "floor"]}
-    for _ in range(args.repeats):
-        # Round robin, not one peer's repeats after another's: a shared machine's speed drifts over minutes (the 2-core
-        # VM's s/step moved by 30 % between runs), and each round gives every peer and the floor the same phase.
-        for name, done in runs.items():
-            done.append(run_worker(name, args, args.dtype))
-            if name != "floor":
-                report["peers"][name] = {"dtype": args.dtype, "result": medians(done)}
-            report["rounds"] = [{name: done[k]["step_s" if name != "floor" else "floor_step_s"] for name, done in runs.items()
-                                 if k < len(done)} for k in range(len(runs["ours"]))]  # fmt: skip
-            save(report, stem)
-    ours = report["peers"]["ours"]["result"]
-    for name in peers:
-        if name != "ours":
-            report["ratios"][f"ours/{name}"] = ratios(ours, report["peers"][name]["result"])
-    report["floor"] = medians(runs["floor"])
-    report["step_over_floor"] = ours["step_s"] / report["floor"]["floor_step_s"]
-    save(report, stem)
-    if args.dtype == "fp32" and "diffusers" in peers:
-        # The default ("auto") dtype end to end against diffusers' default (fp32), and its drift against fp32.
-        import numpy as np
+    with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as images:
+        for name, section in report["sections"].items():
+            for round_ in range(args.repeats):
+                # Round robin, not one peer's repeats after another's: a shared machine's speed drifts over minutes
+                # (the 2-core VM's s/step moved by 30 % between runs), and each round gives every peer and the floor
+                # the same phase. Ratios are then taken round by round.
+                for peer, done in section["runs"].items():
+                    image = Path(images) / f"{name}.npy" if round_ == 0 else None
+                    logger.info("%s, round %d/%d", section["title"], round_ + 1, args.repeats)
+                    done.append(run_peer(peer, args, section["dtypes"][peer], image))
+                    report["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+                    save(report, stem)
+        files = [Path(images) / f"{name}.npy" for name in ("equal", "default")]
+        if "ours" in peers and all(f.is_file() for f in files):
+            import numpy as np
 
-        args.keep_image = True
-        exact = run_worker("ours", args, "fp32")
-        auto = run_worker("ours", args, "auto")
-        drift = float(np.abs(np.asarray(auto.pop("image")) - np.asarray(exact.pop("image"))).max())
-        report["auto"] = {
-            "dtype": auto["info"],
-            "e2e_s": e2e(auto),
-            "diffusers_e2e_s": e2e(report["peers"]["diffusers"]["result"]),
-            "drift": drift,
-        }
-        report["auto"]["ratio"] = report["auto"]["e2e_s"] / report["auto"]["diffusers_e2e_s"]
+            report["drift"] = float(np.abs(np.load(files[1]) - np.load(files[0])).max())
     save(report, stem)
     logger.info("\n%s", markdown(report))
     return 0
-
-
-def save(report: dict, stem: Path) -> None:
-    """Write the report so far as ``stem.json`` and ``stem.md``; called after each part, so a run that is stopped
-    (a time limit, a failing peer) still leaves what it measured."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    stem.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
 
 
 if __name__ == "__main__":
