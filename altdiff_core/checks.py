@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch.nn.attention import SDPBackend
 
 from .errors import InvalidInputError, TooLargeForMemoryError
 
@@ -35,7 +34,7 @@ def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
 def check_batch(tensor: torch.Tensor, what: str) -> None:
     """Refuse an empty batch (a LATENT or IMAGE of 0 items) before any model runs on it."""
     if tensor.shape[0] == 0:
-        raise InvalidInputError(f"{what} batch is empty (0 images); give the node that made it a batch size of at least 1.")
+        raise InvalidInputError(f"{what} batch is empty (0 images); it needs at least 1 image (a batch size of 1 or more).")
 
 
 def check_tensor(value: object, what: str, expected: str, fix: str) -> torch.Tensor:
@@ -128,24 +127,6 @@ def vae_working_bytes(
     if attention is not None and not fused_attention:
         need += batch * attention.heads * (height * width) ** 2 * element
     return need
-
-
-def attention_is_fused(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """Whether torch's ``scaled_dot_product_attention`` (diffusers' ``AttnProcessor2_0``) runs a flash or
-    memory-efficient kernel for these heads on ``device``, i.e. never holds the whole tokens² score matrix.
-
-    Torch 2.x picks flash attention on the CPU for every float dtype; on CUDA it depends on the dtype, the head size
-    and the card. Asked through torch's own (private) chooser on a one-token probe; if torch cannot answer, the
-    attention counts as fused, so that no size that might work is refused.
-    """
-    choose = getattr(torch, "_fused_sdp_choice", None)
-    if choose is None or device.type == "meta":
-        return True
-    try:
-        probe = torch.zeros(1, 1, 1, head_dim, device=device, dtype=dtype)
-        return int(choose(probe, probe, probe)) != int(SDPBackend.MATH)
-    except (RuntimeError, TypeError, ValueError):
-        return True
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -1,8 +1,9 @@
 """The loaded parts of an AltDiffusion model, as the nodes pass them between each other.
 
-Each is a plain dataclass around a torch module; the nodes send them under the pack's own socket types
-(``ALTDIFF_TEXT_ENCODER``, ``ALTDIFF_MODEL``, ``ALTDIFF_VAE``). Devices and dtypes are recorded so that
-every stage can put its inputs where the module lives.
+Each is a plain dataclass around a torch module, always under the name ``module``: the text encoder's
+``XLMRobertaWithHead``, the diffusion model's ``UNet2DConditionModel``, the VAE's ``AutoencoderKL``. The nodes send them
+under the pack's own socket types (``ALTDIFF_TEXT_ENCODER``, ``ALTDIFF_MODEL``, ``ALTDIFF_VAE``). Devices and dtypes are
+recorded so that every stage can put its inputs where the module lives.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .schedules import DiscreteSchedule
-from .text_encoder import AltTextEncoder
+from .text_encoder import XLMRobertaWithHead
 from .tokenizer import XLMRTokenizer
 from .variants import Variant
 
@@ -25,9 +26,9 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 @dataclass(eq=False)
 class TextEncoder:
-    """XLM-R encoder + tokenizer. ``module`` runs on ``device`` in ``dtype``."""
+    """XLM-R encoder + head, and its tokenizer. ``module`` runs on ``device`` in ``dtype``."""
 
-    module: AltTextEncoder
+    module: XLMRobertaWithHead
     tokenizer: XLMRTokenizer
     variant: Variant
     device: torch.device
@@ -45,9 +46,10 @@ class TextEncoder:
 
 @dataclass(eq=False)
 class DiffusionModel:
-    """The UNet (epsilon prediction) and its discrete noise schedule."""
+    """The UNet (epsilon prediction, ``module``) and its discrete noise schedule. ``module`` runs on ``device`` in
+    ``dtype``."""
 
-    unet: UNet2DConditionModel
+    module: UNet2DConditionModel
     schedule: DiscreteSchedule
     variant: Variant
     device: torch.device
@@ -56,15 +58,15 @@ class DiffusionModel:
     latent_scale: float = 0.18215
     """Raw VAE latent × this = what the UNet was trained on (the SD VAE's scaling factor)."""
     handle: object | None = field(default=None, repr=False)
-    """The host's memory-manager handle for ``unet`` (ComfyUI's ModelPatcher); set and read only by the host."""
+    """The host's memory-manager handle for ``module`` (ComfyUI's ModelPatcher); set and read only by the host."""
 
     @property
     def context_dim(self) -> int:
-        return int(self.unet.config.cross_attention_dim)
+        return int(self.module.config.cross_attention_dim)
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        return int(self.module.config.in_channels)
 
 
 @dataclass(eq=False)

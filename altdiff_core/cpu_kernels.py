@@ -12,18 +12,16 @@ over a whole fp32 UNet call). The measurements: ``bench/reports/cpu-2core-2026-1
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from .compat import onednn_linear_op  # looked up in this module at each call, so a test can swap it here
 
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-"""Dtypes ``linear`` sends to oneDNN on the CPU (fp16 matrix multiplies on a CPU stay with ``F.linear``)."""
+"""Dtypes ``cpu_linear`` sends to oneDNN on the CPU (fp16 matrix multiplies on a CPU stay with ``F.linear``)."""
 
 CPU_DEVICE_TYPES = ("cpu", "meta")
 """Devices ``use_cpu_kernels`` swaps layers for: the CPU, and the meta device (a model built without memory, e.g. to
@@ -36,28 +34,8 @@ MAX_PIXELS = 64
 """Most output pixels per image for the matrix-multiply form (16×16: oneDNN's convolution is as fast or faster)."""
 
 
-@functools.cache
-def onednn_linear_op(dtype: torch.dtype = torch.float32) -> Callable[..., torch.Tensor] | None:
-    """``torch.ops.mkldnn._linear_pointwise`` where this torch has it and it computes a 2×3 probe in ``dtype``
-    correctly; else None. Probed per dtype, on the real op: oneDNN builds bf16 kernels only on CPUs with bf16
-    instructions (AVX512-BF16, AMX) or AVX-512 emulation, and on an AVX2-only CPU its bf16 inner product raises
-    "could not create a primitive descriptor" (then ``F.linear``, emulated, still works). It is a private op (stable
-    since torch 2.0, used by torch's compiler), hence the probe."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        # Small integers: exact in every ONEDNN_DTYPES member, so the probe compares for equality.
-        x, weight, bias = (t.to(dtype) for t in (torch.ones(2, 3), torch.arange(12.0).reshape(4, 3), torch.ones(4)))
-        works = torch.equal(op(x, weight, bias, "none", [], ""), F.linear(x, weight, bias))
-    except (AttributeError, RuntimeError, TypeError) as err:  # missing op, another signature, no kernel for dtype
-        logger.info("oneDNN linear not usable for %s in torch %s (%s); using F.linear", dtype, torch.__version__, err)
-        return None
-    return op if works else None
-
-
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether ``linear`` gives ``x @ weight.T + bias`` to oneDNN: CPU tensors of one dtype in ``ONEDNN_DTYPES``
+    """Whether ``cpu_linear`` gives ``x @ weight.T + bias`` to oneDNN: CPU tensors of one dtype in ``ONEDNN_DTYPES``
     whose probe passed on this machine (``onednn_linear_op``), a contiguous weight, no autograd (the op has no
     backward), and oneDNN not switched off (``torch.backends.mkldnn.flags(enabled=False)``)."""
     return (
@@ -73,7 +51,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     )
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``: ``x`` (..., in) × ``weight`` (out, in) + ``bias`` (out) → (..., out), through oneDNN where
     ``uses_onednn`` says (see the module docstring)."""
     if uses_onednn(x, weight, bias):
@@ -82,18 +60,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class OneDnnLinear(nn.Linear):
-    """An ``nn.Linear`` computed by ``linear``: same parameters and keys, oneDNN on the CPU (fp32, bf16)."""
+    """An ``nn.Linear`` computed by ``cpu_linear``: same parameters and keys, oneDNN on the CPU (fp32, bf16)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (..., in_features) → (..., out_features)."""
         if not x.is_cpu:  # a GPU step is launch-bound: skip ``uses_onednn``'s checks there (0.08 µs against ~1 µs)
             return F.linear(x, self.weight, self.bias)
-        return linear(x, self.weight, self.bias)
+        return cpu_linear(x, self.weight, self.bias)
 
 
 class SmallImageConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` (3×3, zero padding, no groups or dilation) that computes small CPU inputs as unfold + one
-    matrix multiply (``linear``).
+    matrix multiply (``cpu_linear``).
 
     Same parameters and state-dict keys as the convolution it replaces; any other input goes to ``nn.Conv2d``.
     """
@@ -106,7 +84,7 @@ class SmallImageConv2d(nn.Conv2d):
 
 def small_image_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """``conv`` (a layer ``matmul_form_fits``) applied to ``x`` (N, C_in, H, W) with ``weight``/``bias`` as unfold +
-    one matrix multiply (``linear``) where ``uses_matmul`` says, → (N, C_out, H', W'); else None (run the
+    one matrix multiply (``cpu_linear``) where ``uses_matmul`` says, → (N, C_out, H', W'); else None (run the
     convolution)."""
     height, width = (
         (size + 2 * pad - kernel) // stride + 1
@@ -117,7 +95,7 @@ def small_image_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bia
     batch, channels = x.shape[0], conv.out_channels
     columns = F.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (N, C_in·9, H'·W')
     columns = columns.transpose(1, 2).reshape(batch * height * width, columns.shape[1])
-    out = linear(columns, weight.reshape(channels, -1), bias)  # (N·H'·W', C_out)
+    out = cpu_linear(columns, weight.reshape(channels, -1), bias)  # (N·H'·W', C_out)
     return out.reshape(batch, height * width, channels).transpose(1, 2).reshape(batch, channels, height, width)
 
 

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 
 from .checks import (
-    attention_is_fused,
     check_batch,
     check_finite,
     check_memory,
@@ -42,24 +41,15 @@ from .checks import (
     unet_top_attention,
     unet_working_bytes,
 )
+from .compat import attention_is_fused
 from .components import DiffusionModel
-from .convert import latent_to_model, model_to_latent
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SamplerInputError
 from .samplers import SamplerSpec, StepCallback, get_sampler
 from .schedules import advanced_sigmas
-from .variants import Variant
+from .socket_layouts import latent_to_model, model_to_latent
+from .variants import VARIANTS, Variant
 
 logger = logging.getLogger(__name__)
-
-
-class SamplerInputError(InvalidInputError):
-    """An input of ``sample_latent`` that another stage made cannot be sampled. ``argument`` names it: "latent",
-    "noise_mask", "batch_index", "positive" or "negative". The message says what is wrong and how to fix it in the
-    engine's terms; a caller that knows where the input came from (a node's socket) can add how to fix it there."""
-
-    def __init__(self, message: str, argument: str):
-        super().__init__(message)
-        self.argument = argument
 
 
 @contextmanager
@@ -266,7 +256,7 @@ def _scheduled(model: DiffusionModel, entry: CondEntry, role: str) -> ScheduledE
             f"{role} conditioning is an empty tensor of shape {tuple(context.shape)}; give encode_prompt's output "
             "(an empty prompt still gives 77 tokens)."
         )
-    check_width(context.shape[-1], model.variant, role)
+    check_context_width(context.shape[-1], model.variant, role)
     check_finite(
         context,
         f"{role} conditioning",
@@ -294,14 +284,21 @@ def _finite(value: object, name: str, role: str, default: float) -> float:
     return number
 
 
-def check_width(width: int, variant: Variant, role: str) -> None:
+def check_context_width(width: int, variant: Variant, role: str) -> None:
     """Raise InvalidInputError unless conditioning ``width`` wide is what ``variant``'s UNet cross-attends to."""
     if width != variant.context_dim:
         raise InvalidInputError(
             f"{role} conditioning is {width} wide but this AltDiffusion-{variant.name} UNet expects "
-            f"{variant.context_dim}; encode the prompt with the text encoder of the same model "
-            "(m2/m9 give 768, m18 gives 1024)."
+            f"{variant.context_dim}; encode the prompt with the text encoder of the same model ({_widths()})."
         )
+
+
+def _widths() -> str:
+    """Each variant's conditioning width, variants of one width together: "m2/m9 give 768, m18 gives 1024"."""
+    by_width: dict[int, list[str]] = {}
+    for variant in VARIANTS.values():
+        by_width.setdefault(variant.context_dim, []).append(variant.name)
+    return ", ".join(f"{'/'.join(names)} {'give' if len(names) > 1 else 'gives'} {width}" for width, names in by_width.items())
 
 
 def percent_to_sigma(model: DiffusionModel, percent: float) -> float:
@@ -378,7 +375,7 @@ class Guider:
         sig = sigma.reshape(-1, 1, 1, 1)
         x_in = (x / (sig**2 + 1.0) ** 0.5).to(m.dtype).repeat(len(contexts), 1, 1, 1)
         t = m.schedule.timestep(sigma).float().repeat(len(contexts))
-        eps = m.unet(x_in, t.to(m.device), encoder_hidden_states=ctx.to(m.device, m.dtype), return_dict=False)[0]
+        eps = m.module(x_in, t.to(m.device), encoder_hidden_states=ctx.to(m.device, m.dtype), return_dict=False)[0]
         return [x - e * sig for e in eps.float().chunk(len(contexts))]
 
     @staticmethod
@@ -471,7 +468,7 @@ def _check_group_norm(model: DiffusionModel, latent: torch.Tensor) -> None:
     """Each UNet level normalises groups of ``batch × channels/groups × h × w`` values, and torch refuses a group of
     one (a raw ValueError). Only a latent of a pixel or two alone in its batch, on a UNet with one channel per group,
     gets there: never the real SD UNets (10+ channels per group), but narrow ones can."""
-    config = model.unet.config
+    config = model.module.config
     groups = config.get("norm_num_groups") or 0
     widths = list(config["block_out_channels"])
 
@@ -509,9 +506,9 @@ def _check_memory(model: DiffusionModel, latent: torch.Tensor, cfg: float) -> No
     """Refuse, before the noise is drawn, a latent whose UNet calls cannot fit the device (``checks``)."""
     batch, _, h, w = latent.shape
     rows = batch * (1 if math.isclose(cfg, 1.0) else 2)  # CFG runs cond and uncond in one UNet batch
-    attention = unet_top_attention(model.unet.config)
+    attention = unet_top_attention(model.module.config)
     fused = attention is None or attention_is_fused(model.device, model.dtype, attention.head_dim)
-    need = unet_working_bytes(model.unet.config, rows, h, w, model.dtype, fused_attention=fused)
+    need = unet_working_bytes(model.module.config, rows, h, w, model.dtype, fused_attention=fused)
     check_memory(
         need,
         model.device,

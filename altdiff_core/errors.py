@@ -28,3 +28,13 @@ class InvalidInputError(AltDiffusionError, ValueError):
 class TooLargeForMemoryError(InvalidInputError):
     """A requested size (image, latent, batch) needs more working memory than the device has: refused before
     anything is allocated, so the server never runs out of memory trying."""
+
+
+class SamplerInputError(InvalidInputError):
+    """An input of ``sample_latent`` that another stage made cannot be sampled. ``argument`` names it: "latent",
+    "noise_mask", "batch_index", "positive" or "negative". The message says what is wrong and how to fix it in the
+    engine's terms; a caller that knows where the input came from (a node's socket) can add how to fix it there."""
+
+    def __init__(self, message: str, argument: str):
+        super().__init__(message)
+        self.argument = argument

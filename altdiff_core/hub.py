@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from .compat import hub_network_errors
 from .errors import ModelFormatError, ModelNotFoundError
+from .variants import VARIANTS
 from .weights import PICKLE_SUFFIXES, SAFE_SUFFIXES
 
 logger = logging.getLogger(__name__)
-
-HUB_MODELS = ("BAAI/AltDiffusion", "BAAI/AltDiffusion-m9", "BAAI/AltDiffusion-m18")
-"""The Hub repositories the pack downloads (diffusers folders; see docs/altdiffusion.md)."""
 
 REQUIRED_FILES = (
     "scheduler/scheduler_config.json",
@@ -77,10 +76,10 @@ def _no_progress(total_bytes: int, description: str) -> Iterator[DownloadProgres
     yield _NoProgress()
 
 
-def looks_like_hub_id(text: str) -> bool:
-    """``owner/name`` with no local meaning (not an existing path, not absolute or relative)."""
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~")) and not Path(text).exists()
+def hub_models() -> tuple[str, ...]:
+    """The Hub repositories the pack downloads (diffusers folders; see docs/altdiffusion.md): each variant's
+    ``hub_repo``, in ``VARIANTS``' order (``BAAI/AltDiffusion``, ``BAAI/AltDiffusion-m9``, ``BAAI/AltDiffusion-m18``)."""
+    return tuple(variant.hub_repo for variant in VARIANTS.values())
 
 
 def local_folder_for(repo_id: str, models_dir: Path) -> Path:
@@ -89,24 +88,24 @@ def local_folder_for(repo_id: str, models_dir: Path) -> Path:
 
 
 def unknown_id_message(name: str, where: str) -> str:
-    """The error for a name that is neither a local model nor a Hub id in ``HUB_MODELS``; ``where``: the model folders."""
+    """The error for a name that is neither a local model nor a Hub id in ``hub_models()``; ``where``: the model folders."""
     return (
         f"model {name!r} is not an AltDiffusion folder under the model folders ({where}) nor one of the Hub ids this "
-        f"pack downloads ({', '.join(HUB_MODELS)}). Pick one of those ids, or put the model's diffusers folder (with "
+        f"pack downloads ({', '.join(hub_models())}). Pick one of those ids, or put the model's diffusers folder (with "
         "model_index.json) in one of the model folders and pick it by its folder name."
     )
 
 
 def resolve(repo_id: str, roots: Iterable[Path], download_dir: Path, progress: ProgressFactory | None = None) -> Path:
-    """The local folder of a Hub id in ``HUB_MODELS``: ``<root>/<name>`` with a model_index.json under any of ``roots``
+    """The local folder of a Hub id in ``hub_models()``: ``<root>/<name>`` with a model_index.json under any of ``roots``
     (no network), else downloaded into ``download_dir/<name>`` (``download``).
 
     Raises:
-        ModelNotFoundError: an id not in ``HUB_MODELS``; offline; the download failed (naming the folder to fill).
+        ModelNotFoundError: an id not in ``hub_models()``; offline; the download failed (naming the folder to fill).
         ModelFormatError: the repository does not hold an AltDiffusion diffusers folder.
     """
     roots = list(dict.fromkeys([*map(Path, roots), Path(download_dir)]))
-    if repo_id not in HUB_MODELS:
+    if repo_id not in hub_models():
         raise ModelNotFoundError(unknown_id_message(repo_id, ", ".join(str(r) for r in roots)))
     return find_local(repo_id, roots) or download(repo_id, download_dir, progress)
 
@@ -161,11 +160,11 @@ def download(repo_id: str, models_dir: Path, progress: ProgressFactory | None = 
     and the next call fetches only the files not complete yet.
 
     Raises:
-        ModelNotFoundError: an id not in ``HUB_MODELS``; offline; the download failed — naming the folder to fill by hand.
+        ModelNotFoundError: an id not in ``hub_models()``; offline; the download failed — naming the folder to fill by hand.
         ModelFormatError: the repository does not hold an AltDiffusion diffusers folder.
     """
     target = local_folder_for(repo_id, models_dir)
-    if repo_id not in HUB_MODELS:
+    if repo_id not in hub_models():
         raise ModelNotFoundError(unknown_id_message(repo_id, str(models_dir)))
     if (target / "model_index.json").is_file():
         return target
@@ -176,14 +175,12 @@ def download(repo_id: str, models_dir: Path, progress: ProgressFactory | None = 
         )
     try:
         from huggingface_hub import HfApi, constants, hf_hub_download, list_repo_files
-        from huggingface_hub.errors import HfHubHTTPError
+
+        network_errors = hub_network_errors()  # which HTTP library's errors depends on huggingface_hub's version
     except ImportError as err:
         raise ModelNotFoundError(_offline_message(repo_id, target, "huggingface_hub is not installed")) from err
     if constants.HF_HUB_OFFLINE:
         raise ModelNotFoundError(_offline_message(repo_id, target, "offline: HF_HUB_OFFLINE is set"))
-    # huggingface_hub raises its HTTP library's errors (requests, httpx or httpx2 by version: HfHubHTTPError derives from
-    # that library's base error) for a refused connection or a timeout, OSError for a broken file, ValueError for a bad size.
-    network_errors = (OSError, ValueError, *HfHubHTTPError.__bases__)
 
     _check_reachable(repo_id, target, network_errors)  # no network at all: say so now, not after 40-50 s of retries
     try:

@@ -26,7 +26,7 @@ from .components import VAE, DiffusionModel, LoadedModel, TextEncoder, parameter
 from .cpu_kernels import use_cpu_kernels
 from .errors import ModelFormatError, ModelNotFoundError, NotAltDiffusionError
 from .schedules import DiscreteSchedule
-from .text_encoder import AltTextEncoder, ignored_key_prefixes, xlmr_config
+from .text_encoder import XLMRobertaWithHead, ignored_key_prefixes, xlmr_config
 from .tokenizer import XLMRTokenizer
 from .variants import Variant, detect_variant
 from .weights import build_empty, find_weight_file, load_into, read_state_dict
@@ -150,7 +150,7 @@ def build_text_encoder(
             f"tokenizer {tokenizer.model_file} has {tokenizer.vocab_size} ids but the text encoder in {source} only "
             f"{config.vocab_size}; the tokenizer belongs to another model. Use the tokenizer folder of the same model."
         )
-    module = build_empty(lambda: AltTextEncoder(config, variant))
+    module = build_empty(lambda: XLMRobertaWithHead(config, variant))
     head_missing = sorted(k for k in module.state_dict() if not k.startswith("roberta.") and k not in state_dict)
     if head_missing:
         raise ModelFormatError(
@@ -264,7 +264,7 @@ def assemble(text_encoder: TextEncoder, model: DiffusionModel, vae: VAE, source:
             "context_dim": model.context_dim,
             "params": {
                 "text_encoder": parameter_count(text_encoder.module),
-                "unet": parameter_count(model.unet),
+                "unet": parameter_count(model.module),
                 "vae": parameter_count(vae.module),
             },
             **info,

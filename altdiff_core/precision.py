@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from .cpu_kernels import onednn_linear_op
+from .compat import cpu_has_bf16_instructions, onednn_linear_op
 from .loading import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -31,19 +31,12 @@ is ComfyUI's own default VAE dtype on such GPUs; the VAE is 84 M parameters, so 
 """
 
 
-def cpu_has_bf16_instructions() -> bool:
-    """The CPU's flags list bf16 matrix instructions (AVX512-BF16: AMD Zen 4+, Intel Cooper Lake+; AMX: Sapphire
-    Rapids+). Private torch probes, stable since torch 2.1; a torch without them counts as 'no'."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-
-
 @functools.cache
 def cpu_bf16_is_fast() -> bool:
-    """bf16 runs natively on this CPU: bf16 instructions, and oneDNN's bf16 linear computing a probe correctly
-    (``cpu_kernels.onednn_linear_op``; oneDNN capped below bf16, e.g. ``ONEDNN_MAX_CPU_ISA=AVX2``, fails it). Elsewhere
-    bf16 is emulated and slower than fp32 (measured with ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX512-BF16 EPYC: a 1024²
-    bf16 matmul 1,970 ms, fp32 14 ms)."""
+    """bf16 runs natively on this CPU: bf16 instructions (``compat.cpu_has_bf16_instructions``), and oneDNN's bf16
+    linear computing a probe correctly (``compat.onednn_linear_op``; oneDNN capped below bf16, e.g.
+    ``ONEDNN_MAX_CPU_ISA=AVX2``, fails it). Elsewhere bf16 is emulated and slower than fp32 (measured with
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX512-BF16 EPYC: a 1024² bf16 matmul 1,970 ms, fp32 14 ms)."""
     fast = cpu_has_bf16_instructions() and onednn_linear_op(torch.bfloat16) is not None
     logger.debug("bf16 on this CPU: %s", "native" if fast else "emulated")
     return fast
@@ -72,3 +65,10 @@ def resolve_vae_dtype(choice: str, model_dtype: torch.dtype, device: torch.devic
         bf16_fast = device.type == "cuda" and torch.cuda.is_bf16_supported()
         auto = torch.bfloat16 if bf16_fast else torch.float32
     return auto
+
+
+def resolve_dtypes(choice: str, vae_choice: str | None, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(weight dtype, VAE dtype) on ``device`` for a model's dtype ``choice`` and its VAE's; ``vae_choice`` None = as
+    asked for the whole model ('auto' stays 'auto', a named dtype applies to the VAE too)."""
+    model_dtype = resolve_dtype(choice, device)
+    return model_dtype, resolve_vae_dtype(vae_choice or choice, model_dtype, device)

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .compat import optional_import
 from .errors import InvalidInputError
-from .schedules import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, DiscreteSchedule, optional_import
+from .schedules import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, DiscreteSchedule
 
 logger = logging.getLogger(__name__)
 

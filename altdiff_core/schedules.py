@@ -20,7 +20,6 @@ pins that parity against ComfyUI's own code.
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 import math
 import numbers
@@ -29,6 +28,7 @@ from functools import partial
 
 import torch
 
+from .compat import optional_import
 from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -36,18 +36,6 @@ logger = logging.getLogger(__name__)
 # Samplers for which ComfyUI's KSampler computes one step more and then drops the penultimate sigma
 # (``KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS`` in comfy/samplers.py). ``samplers.SAMPLERS`` reads this set.
 DISCARD_PENULTIMATE_SIGMA_SAMPLERS = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
-
-
-def optional_import(module: str, needed_by: str):
-    """Import a package that ComfyUI installs but this pack does not require (scipy, torchsde), or say how to get it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        package = module.split(".")[0]
-        raise ImportError(
-            f"the '{package}' package is needed for {needed_by}; ComfyUI installs it, elsewhere run "
-            f"'pip install {package}' or choose another sampler/scheduler."
-        ) from e
 
 
 class DiscreteSchedule:

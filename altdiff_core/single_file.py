@@ -2,12 +2,12 @@
 
 One file holds the three models under their LDM names:
 
-| prefix in the file                                                     | model        | to diffusers names           |
-|------------------------------------------------------------------------|--------------|------------------------------|
-| ``model.diffusion_model.*``                                            | UNet         | ``ldm_convert.convert_unet`` |
-| ``first_stage_model.*``                                                | VAE          | ``ldm_convert.convert_vae``  |
-| ``cond_stage_model.`` + ``roberta.*``, ``transformation.*``, ``pre_LN.*``, | text encoder | prefix removed               |
-| m18 also ``transformation_pre.*``                                      |              |                              |
+| prefix in the file                                                     | model        | to diffusers names                |
+|------------------------------------------------------------------------|--------------|-----------------------------------|
+| ``model.diffusion_model.*``                                            | UNet         | ``ldm_to_diffusers.convert_unet`` |
+| ``first_stage_model.*``                                                | VAE          | ``ldm_to_diffusers.convert_vae``  |
+| ``cond_stage_model.`` + ``roberta.*``, ``transformation.*``, ``pre_LN.*``, | text encoder | prefix removed                    |
+| m18 also ``transformation_pre.*``                                      |              |                                   |
 
 The text encoder needs only the head layers its variant applies (``text_encoder.py``): ``cond_stage_model.pre_LN.*``,
 which A1111's m2/m9 files carry and files converted from a diffusers save lack, is optional for m2/m9.
@@ -16,14 +16,15 @@ which A1111's m2/m9 files carry and files converted from a diffusers save lack, 
 fails (a file holding Python objects is never unpickled). Everything else in the file (``betas``, ``model_ema.*``, …)
 is ignored, except that ``betas``, when present, must be Stable Diffusion's schedule, the one sampled here.
 
-**Variant.** ``transformation_pre`` or a 1024-wide ``transformation`` marks m18 (SD2.1-base UNet). m2 and m9 have the
-same shapes; only a tokenizer config in the companion folder tells them apart (``model_max_length`` 512 = m9,
-77 = m2); otherwise the variant is reported as "m2/m9" (both compute the same way).
+**Variant** (``variants.variants_with_head``). ``transformation_pre`` or a 1024-wide ``transformation`` marks m18
+(SD2.1-base UNet). m2 and m9 have the same shapes; only a tokenizer config in the companion folder tells them apart
+(its ``model_max_length``, ``Variant.model_max_length``: 512 = m9, 77 = m2); otherwise the variant is reported as
+"m2/m9" (``variants.either_of``: both compute the same way).
 
 **Companion folder** ``<folder>/<stem>/`` next to ``<folder>/<stem>.safetensors``, all optional:
 ``tokenizer/`` (the model's ``sentencepiece.bpe.model`` + ``tokenizer_config.json``), and diffusers configs
 ``unet/config.json``, ``vae/config.json``, ``text_encoder/config.json``, used instead of configs inferred from the
-weights' shapes (``ldm_convert``; needed only for models that are not standard-size SD1/SD2).
+weights' shapes (``ldm_to_diffusers``; needed only for models that are not standard-size SD1/SD2).
 
 **Tokenizer**, first found (a single file carries none; every AltDiffusion release uses XLM-R's 250,002-id one):
 ``<stem>/tokenizer/``, ``tokenizer/`` next to the file, ``sentencepiece.bpe.model`` next to the file, then the
@@ -33,7 +34,6 @@ caller's ``tokenizer_folders`` (the nodes pass the ``tokenizer/`` of every AltDi
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import struct
@@ -46,7 +46,7 @@ import torch
 
 from .components import LoadedModel
 from .errors import ModelFormatError, ModelNotFoundError, NotAltDiffusionError
-from .ldm_convert import (
+from .ldm_to_diffusers import (
     convert_unet,
     convert_vae,
     text_encoder_config_from_shapes,
@@ -56,7 +56,7 @@ from .ldm_convert import (
 from .loading import assemble, build_text_encoder, build_unet, build_vae, is_altdiffusion_folder, read_json
 from .schedules import DiscreteSchedule
 from .tokenizer import SENTENCEPIECE_FILE, XLMRTokenizer
-from .variants import VARIANTS, Variant, detect_variant
+from .variants import Variant, either_of, variants_with_head
 from .weights import read_layout, read_state_dict, reads_parts
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,6 @@ OTHER_TEXT_ENCODERS = {
     "conditioner.embedders.": "an SDXL checkpoint (its text encoders are CLIP, conditioner.embedders.*)",
 }
 """Key prefix → what a checkpoint with that text encoder is."""
-MAX_LENGTH_VARIANTS = {512: "m9", 77: "m2"}
-"""``tokenizer_config.json`` ``model_max_length`` → variant, for the m2/m9 shapes (the BAAI repos' values)."""
-M2_OR_M9 = dataclasses.replace(VARIANTS["m9"], name="m2/m9")
-"""m2 or m9, not told apart: same shapes, same computation; m9's language list (a superset of m2's)."""
 SCHEDULE_TOLERANCE = 1e-2
 """Relative difference allowed between a file's ``betas`` and SD's (fp16 files store them rounded)."""
 HEADER_LIMIT = 100 * 2**20
@@ -205,16 +201,18 @@ def find_tokenizer(path: Path, vocab_size: int, tokenizer_folders: Iterable[Path
 
 
 def checkpoint_variant(text_config: dict, tokenizer: XLMRTokenizer, own_tokenizer: bool) -> Variant:
-    """m18 from the head's shape; m2 or m9 from the checkpoint's own tokenizer config; else ``M2_OR_M9``."""
-    variant = detect_variant(
+    """The variants with the text encoder's head (m18 by its head alone); among several, the one the checkpoint's own
+    tokenizer config declares (``Variant.model_max_length``: m2 or m9); else all of them, not told apart ("m2/m9").
+
+    A tokenizer found elsewhere (another model's folder) says nothing about this file, so only its own counts.
+    """
+    candidates = variants_with_head(
         has_pre_transformation=bool(text_config.get("has_pre_transformation", False)),
         project_dim=int(text_config.get("project_dim", text_config["hidden_size"])),
-        model_max_length=tokenizer.model_max_length,
     )
-    if variant.name == "m18":
-        return variant
-    name = MAX_LENGTH_VARIANTS.get(tokenizer.model_max_length) if own_tokenizer else None
-    return VARIANTS[name] if name else M2_OR_M9
+    declared = tokenizer.model_max_length if own_tokenizer else None
+    named = [variant for variant in candidates if variant.model_max_length == declared]
+    return named[0] if named else either_of(candidates)
 
 
 def schedule_from_betas(betas: torch.Tensor | None, path: Path) -> DiscreteSchedule:

@@ -49,8 +49,9 @@ def ignored_key_prefixes(variant: Variant) -> tuple[str, ...]:
     return IGNORED_KEY_PREFIXES + unused
 
 
-class AltTextEncoder(nn.Module):
-    """XLM-R trunk + AltDiffusion projection head.
+class XLMRobertaWithHead(nn.Module):
+    """The text encoder's torch module: XLM-R trunk + AltDiffusion projection head (diffusers'
+    ``RobertaSeriesModelWithTransformation``); ``components.TextEncoder`` holds it with its tokenizer.
 
     Args:
         config: the XLM-R configuration (``text_encoder/config.json``); ``project_dim`` is the output width.
@@ -80,14 +81,13 @@ class AltTextEncoder(nn.Module):
         ``layer`` (-1 = last … -num_layers = first transformer layer) picks the hidden state fed to the variant's head;
         None = the variant's own (m2/m9 the last, m18 the penultimate).
         """
-        variant = self.variant
-        layer = variant.hidden_layer if layer is None else layer
+        layer = self.variant.hidden_layer if layer is None else layer
         need_all = layer != -1
         out = self.roberta(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_all)
         hidden = out.hidden_states[layer] if need_all else out.last_hidden_state
-        if variant.pre_layer_norm:
-            hidden = self.pre_LN(hidden)
-        return getattr(self, variant.projection)(hidden)
+        for name in self.variant.head_layers:  # m2/m9: transformation; m18: pre_LN, then transformation_pre
+            hidden = getattr(self, name)(hidden)
+        return hidden
 
 
 def xlmr_config(config_dict: dict) -> XLMRobertaConfig:

@@ -34,9 +34,9 @@ PAD_ID = 1
 EOS_ID = 2
 UNK_ID = 3
 FAIRSEQ_OFFSET = 1
-WINDOW = 77
+WINDOW_LENGTH = 77
 """Tokens per window, BOS and EOS included."""
-WINDOW_BODY = WINDOW - 2
+WINDOW_BODY = WINDOW_LENGTH - 2
 """Prompt tokens per window."""
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
@@ -173,7 +173,7 @@ class XLMRTokenizer:
         while True:
             end = _window_end(tokens, start)
             chunk = tokens[start:end]
-            pad = WINDOW - len(chunk) - 2
+            pad = WINDOW_LENGTH - len(chunk) - 2
             rows.append([BOS_ID, *(t.id for t in chunk), EOS_ID] + [PAD_ID] * pad)
             masks.append([1] * (len(chunk) + 2) + [0] * pad)
             weights.append([1.0, *(t.weight for t in chunk), 1.0] + [1.0] * pad)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from .checks import (
-    attention_is_fused,
     check_batch,
     check_finite,
     check_memory,
@@ -13,9 +12,10 @@ from .checks import (
     vae_mid_attention,
     vae_working_bytes,
 )
+from .compat import attention_is_fused
 from .components import VAE
-from .convert import crop_to_multiple, image_to_pixels, pixels_to_image
 from .errors import InvalidInputError
+from .socket_layouts import crop_to_multiple, image_to_pixels, pixels_to_image
 
 CPU_MEMORY_FORMAT = torch.channels_last
 """Layout of the VAE's input on the CPU: oneDNN then runs every convolution channels-last (0.78–0.91× the time on an

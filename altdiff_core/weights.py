@@ -23,6 +23,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from .compat import restore_non_persistent_buffers
 from .errors import ModelFormatError
 from .safetensors_io import meta_tensors, read_tensors
 
@@ -32,14 +33,6 @@ SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
-
-NON_PERSISTENT_BUFFERS: dict[str, Callable[[torch.Size], torch.Tensor]] = {
-    # transformers' XLMRobertaEmbeddings registers both with persistent=False: no state dict holds them, so a module
-    # built on the meta device would keep them on meta. Recomputed exactly as its __init__ computes them.
-    "position_ids": lambda shape: torch.arange(shape[-1]).expand(shape),
-    "token_type_ids": lambda shape: torch.zeros(shape, dtype=torch.long),
-}
-"""Buffer name → how to recompute it from its shape, for buffers that are never in a state dict."""
 
 
 def _unpickler_reason(err: Exception) -> str:
@@ -186,25 +179,10 @@ def load_into(
     check_keys(module, state_dict, source)
     placed = {key: _place(tensor, dtype, torch.device(device)) for key, tensor in state_dict.items()}
     module.load_state_dict(placed, strict=True, assign=True)
-    _restore_non_persistent_buffers(module, torch.device(device))
+    restore_non_persistent_buffers(module, torch.device(device))  # transformers keeps some buffers out of every file
     module.eval().requires_grad_(False)
 
 
 def _place(tensor: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
     """``tensor`` in ``dtype`` (floating tensors only) on ``device``; itself, not a copy, when it already is."""
     return tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
-
-
-def _restore_non_persistent_buffers(module: nn.Module, device: torch.device) -> None:
-    for owner_name, owner in module.named_modules():
-        for name in owner._non_persistent_buffers_set:
-            buffer = owner._buffers.get(name)
-            if buffer is None or not buffer.is_meta:
-                continue
-            if name not in NON_PERSISTENT_BUFFERS:
-                raise RuntimeError(
-                    f"buffer {owner_name}.{name} of {type(module).__name__} is not stored in weight files and this "
-                    "pack does not know how to recompute it (a new transformers/diffusers version?); add it to "
-                    "altdiff_core.weights.NON_PERSISTENT_BUFFERS."
-                )
-            owner._buffers[name] = NON_PERSISTENT_BUFFERS[name](buffer.shape).to(device)

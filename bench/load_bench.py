@@ -74,7 +74,7 @@ def _load_ours(kind: str, folder: Path, single: Path, device: str):
             loaded = core.load_folder(folder, device=device, dtype=torch.float16, vae_dtype=torch.float16)
         else:
             loaded = core.load_checkpoint(single, device=device, dtype=torch.float16, vae_dtype=torch.float16)
-        return [loaded.text_encoder.module, loaded.model.unet, loaded.vae.module]
+        return [loaded.text_encoder.module, loaded.model.module, loaded.vae.module]
 
     return load
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..altdiff_core import SAMPLERS, SCHEDULERS, AltDiffusionError, InvalidInputError, ModelNotFoundError, hub
+from ..altdiff_core import SAMPLERS, SCHEDULERS, AltDiffusionError, InvalidInputError, hub_models, resolve_model_name
 from . import comfy_seam
-from .loader import DTYPE_CHOICES, AltDiffusionLoader
+from .loader import DTYPE_CHOICES, AltDiffusionLoader, model_folders
 from .sampler import AltDiffusionSampler
 from .text_encode import AltDiffusionTextEncode
 from .vae import AltDiffusionVAEDecode, AltDiffusionVAEEncode
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="BAAI/AltDiffusion-m9",
-        help=f"a diffusers folder, a single-file .safetensors/.ckpt, or a Hub id ({', '.join(hub.HUB_MODELS)})",
+        help=f"a diffusers folder, a single-file .safetensors/.ckpt, or a Hub id ({', '.join(hub_models())})",
     )
     p.add_argument("--prompt", required=True, help="the prompt, in any of the model's languages")
     p.add_argument("--negative", default="", help="negative prompt")
@@ -44,13 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_model_argument(model: str) -> Path:
-    """A local folder as it is; a Hub id as its folder in the models folder, downloaded there first when missing."""
-    path = Path(model).expanduser()
-    if path.exists():
-        return path
-    if hub.looks_like_hub_id(model):
-        return hub.resolve(model, comfy_seam.model_roots(), comfy_seam.hub_download_dir(), comfy_seam.download_progress)
-    raise ModelNotFoundError(f"--model {model!r} is neither an existing folder nor a Hub id like BAAI/AltDiffusion-m9.")
+    """An existing folder or file as it is; otherwise what the loader node would make of the name (a model under the
+    model folders, a Hub id: its folder there, downloaded first when missing; ``altdiff_core.resolve_model_name``)."""
+    return resolve_model_name(model, model_folders(), progress=comfy_seam.download_progress, any_path=True)
 
 
 def load_image(path: Path) -> torch.Tensor:

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..altdiff_core import (
     DTYPES,
     AltDiffusionError,
-    ModelNotFoundError,
-    hub,
-    is_altdiffusion_checkpoint,
-    is_altdiffusion_folder,
+    ModelFolders,
+    hub_models,
+    list_model_names,
     load_model,
-    resolve_dtype,
-    resolve_vae_dtype,
+    resolve_dtypes,
+    resolve_model_name,
 )
-from ..altdiff_core.single_file import CHECKPOINT_SUFFIXES, tokenizer_folders
 from . import comfy_seam, sockets
 from .model_cache import ModelCache, disk_signature
 
@@ -34,68 +30,21 @@ the same parts (inside ComfyUI the same MODEL, CLIP and VAE) instead of a second
 comfy_seam.on_unload_all(MODEL_CACHE.clear)
 
 
-def _folders() -> Iterator[str]:
-    for root in comfy_seam.model_roots():
-        if root.is_dir():
-            for index in sorted(root.glob("*/model_index.json")) + sorted(root.glob("*/*/model_index.json")):
-                if is_altdiffusion_folder(index.parent):
-                    yield index.parent.relative_to(root).as_posix()
-
-
-def _checkpoints() -> Iterator[str]:
-    """Checkpoint files under the checkpoint roots (recursively, skipping diffusers folders) whose keys name XLM-R."""
-    for root in comfy_seam.checkpoint_roots():
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            if "model_index.json" in filenames:  # a diffusers folder: listed by _folders, its parts are not models
-                dirnames.clear()
-                continue
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if path.suffix in CHECKPOINT_SUFFIXES and is_altdiffusion_checkpoint(path):
-                    yield path.relative_to(root).as_posix()
+def model_folders() -> ModelFolders:
+    """This front end's model folders: ComfyUI's inside ComfyUI, the pack's own ``models/altdiffusion`` elsewhere."""
+    return ModelFolders(tuple(comfy_seam.model_roots()), tuple(comfy_seam.checkpoint_roots()), comfy_seam.hub_download_dir())
 
 
 def list_models() -> list[str]:
-    """Names (relative paths with '/') of the AltDiffusion folders under the model roots, then of the AltDiffusion
-    single-file checkpoints under the checkpoint roots (first root wins), then the Hub ids (``hub.HUB_MODELS``), offered
-    always: a workflow naming one runs on any machine, which downloads the model once."""
-    return list(dict.fromkeys([*_folders(), *_checkpoints(), *hub.HUB_MODELS]))
+    """The names the loaders offer (``altdiff_core.list_model_names``): local folders, checkpoints, then the Hub ids."""
+    return list_model_names(model_folders())
 
 
 def resolve_model(name: str, *, download: bool = True) -> Path:
-    """The folder or checkpoint file of a listed model name; names that leave the model folders are refused.
-
-    A Hub id (``hub.HUB_MODELS``) means the folder ``<model root>/<name>`` (``models/diffusers/AltDiffusion-m9``) when it
-    has a model_index.json; else, with ``download``, the model is first downloaded there (``hub.download``, into
-    ``comfy_seam.hub_download_dir()``, with a progress bar); without, ModelNotFoundError (no network).
-    """
-    relative = Path(name)
-    safe = bool(name) and not (relative.is_absolute() or relative.drive or ".." in relative.parts)
-    if safe:
-        for root in comfy_seam.model_roots():
-            if (root / relative / "model_index.json").is_file():
-                return (root / relative).resolve()
-        for root in comfy_seam.checkpoint_roots():
-            if relative.suffix in CHECKPOINT_SUFFIXES and (root / relative).is_file():
-                return (root / relative).resolve()
-    roots = ", ".join(str(r) for r in dict.fromkeys(comfy_seam.model_roots() + comfy_seam.checkpoint_roots()))
-    if safe and name in hub.HUB_MODELS:
-        if download:
-            found = hub.resolve(name, comfy_seam.model_roots(), comfy_seam.hub_download_dir(), comfy_seam.download_progress)
-            return found.resolve()
-        found = hub.find_local(name, [*comfy_seam.model_roots(), comfy_seam.hub_download_dir()])
-        if found is not None:
-            return found.resolve()
-        raise ModelNotFoundError(
-            f"model {name!r} is not downloaded yet (no {hub.local_folder_for(name, comfy_seam.hub_download_dir())})."
-        )
-    if safe and len(relative.parts) == 2 and relative.suffix not in CHECKPOINT_SUFFIXES:  # owner/name: a Hub id?
-        raise ModelNotFoundError(hub.unknown_id_message(name, roots))
-    raise ModelNotFoundError(
-        f"model {name!r} is not an AltDiffusion folder under the model folders nor a checkpoint file in them ({roots}). "
-        "Put the model's diffusers folder (with model_index.json) or its .safetensors file there and refresh the node list."
-    )
+    """The folder or checkpoint file of a listed model name (``altdiff_core.resolve_model_name``); names that leave the
+    model folders are refused. A Hub id not found locally is downloaded with ``download`` (into
+    ``comfy_seam.hub_download_dir()``, with a progress bar); without, ModelNotFoundError (no network)."""
+    return resolve_model_name(name, model_folders(), download=download, progress=comfy_seam.download_progress)
 
 
 def local_model(name: str) -> Path | None:
@@ -135,10 +84,10 @@ class AltDiffusionLoader:
                         "models/altdiffusion, or a single-file checkpoint (.safetensors) under models/checkpoints or "
                         "models/altdiffusion. A single file carries no tokenizer: put the model's tokenizer folder "
                         "(sentencepiece.bpe.model) next to it as <file name>/tokenizer/, unless an AltDiffusion "
-                        "diffusers folder is installed too. Or a Hub id (BAAI/AltDiffusion, BAAI/AltDiffusion-m9, "
-                        "BAAI/AltDiffusion-m18): the folder models/diffusers/<name> or models/altdiffusion/<name> when "
-                        "it exists, else downloaded once into models/diffusers/<name> (configs, tokenizer and weights, "
-                        "several GB; no safety checker). To download through a mirror, set the environment variable "
+                        f"diffusers folder is installed too. Or a Hub id ({', '.join(hub_models())}): the folder "
+                        "models/diffusers/<name> or models/altdiffusion/<name> when it exists, else downloaded once "
+                        "into models/diffusers/<name> (configs, tokenizer and weights, several GB; no safety checker). "
+                        "To download through a mirror, set the environment variable "
                         "HF_ENDPOINT to the mirror's URL before starting ComfyUI."
                     },
                 ),
@@ -180,12 +129,11 @@ class AltDiffusionLoader:
         Returns (model, text encoder, VAE, info line): inside ComfyUI its own MODEL (``ModelPatcher``), CLIP and VAE
         (what the stock nodes take, and what the pack's nodes run there); elsewhere the engine's parts. The last
         model loaded stays cached (``MODEL_CACHE``), so both loader nodes naming it share one copy.
-        ``vae_dtype`` None: 'auto' when ``dtype`` is 'auto', else ``dtype`` (the VAE as asked for the whole model).
+        ``vae_dtype`` None: as asked for the whole model (``altdiff_core.resolve_dtypes``).
         """
         device = comfy_seam.torch_device()
-        model_dtype = resolve_dtype(dtype, device)
-        vae = resolve_vae_dtype(vae_dtype or ("auto" if dtype == "auto" else dtype), model_dtype, device)
-        search = tokenizer_folders(dict.fromkeys(comfy_seam.model_roots() + comfy_seam.checkpoint_roots()))
+        model_dtype, vae = resolve_dtypes(dtype, vae_dtype, device)
+        search = model_folders().tokenizer_folders()
         path = Path(path).resolve()
         key = (str(path), disk_signature(path), model_dtype, vae, str(device))
 

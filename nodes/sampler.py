@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from ..altdiff_core import SCHEDULERS, DiffusionModel, sample_latent
-from ..altdiff_core.denoise import check_width
-from ..altdiff_core.samplers import SAMPLER_NAMES
+from ..altdiff_core import SAMPLERS, SCHEDULERS, DiffusionModel, check_context_width, sample_latent
 from . import comfy_seam, sockets
 from .sampler_inputs import latent_arguments, socket_hints, to_cond_entries
 
@@ -28,7 +26,7 @@ def _common_inputs() -> dict:
             },
         ),
         "sampler_name": (
-            list(SAMPLER_NAMES),
+            list(SAMPLERS),
             {"default": "dpmpp_2m", "tooltip": "Sampling algorithm (KSampler's names; pndm is the model's own)."},
         ),
         "scheduler": (
@@ -48,7 +46,7 @@ def _run(model, latent_image: dict, steps: int, *, positive, negative, **kwargs)
         variant = comfy_seam.native.model_variant(model)
         for role, conditioning in (("positive", positive), ("negative", negative)):
             for context, *_ in conditioning if variant is not None else ():
-                check_width(context.shape[-1], variant, role)  # a clear message where KSampler's would be torch's
+                check_context_width(context.shape[-1], variant, role)  # a clear message where KSampler's would be torch's
         return comfy_seam.native_ops.ksample(
             model, kwargs["seed"], steps, kwargs["cfg"], kwargs["sampler_name"], kwargs["scheduler"], positive,
             negative, latent_image, denoise=kwargs.get("denoise", 1.0),

@@ -19,8 +19,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..altdiff_core import CondEntry, InvalidInputError, SamplerInputError
-from ..altdiff_core.checks import check_tensor
+from ..altdiff_core import CondEntry, InvalidInputError, SamplerInputError, check_tensor
 
 UNSUPPORTED_COND_KEYS = {
     "area": "area conditioning (ConditioningSetArea)",

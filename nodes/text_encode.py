@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..altdiff_core import TextEncoder, encode_prompt
-from ..altdiff_core.prompt_stage import check_layer
+from ..altdiff_core import TextEncoder, check_layer, encode_prompt
 from . import comfy_seam, sockets
 
 

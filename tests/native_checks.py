@@ -221,7 +221,7 @@ def one_copy_and_cpu_kernels(work: Path) -> dict:
     UNet computes with the engine's kernels (``CpuKernelOps``) and SDPA attention, counted during one KSampler run."""
     native = PACK_NODES.comfy_seam.native
     loaded = CORE.load_folder(_folder(work, "m9"))
-    engine_unet = {p.data_ptr() for p in loaded.model.unet.parameters()}
+    engine_unet = {p.data_ptr() for p in loaded.model.module.parameters()}
     engine_text = {p.data_ptr() for p in loaded.text_encoder.module.parameters()}
     model, clip, _ = native.native_parts(loaded)
     unet, text = model.model.diffusion_model, clip.cond_stage_model.xlm_roberta.transformer
@@ -235,17 +235,18 @@ def one_copy_and_cpu_kernels(work: Path) -> dict:
 
         return wrapper
 
-    attention, linear = comfy.ldm.modules.attention, CORE.cpu_kernels
-    originals = attention.attention_pytorch, linear.linear
+    # the names ComfyUI's attention and CpuKernelOps.Linear look up at each call
+    attention, kernels = comfy.ldm.modules.attention, native
+    originals = attention.attention_pytorch, kernels.cpu_linear
     attention.attention_pytorch = counted("attention_pytorch", originals[0])
-    linear.linear = counted("linear", originals[1])
+    kernels.cpu_linear = counted("linear", originals[1])
     try:
         positive = comfy_nodes.CLIPTextEncode().encode(clip, "a cat")[0]
         calls["linear_in_text_encode"] = calls["linear"]
         comfy_nodes.KSampler().sample(model, 1, 1, CFG, "euler", "normal", positive, positive,
                                       {"samples": torch.zeros(LATENT)})  # fmt: skip
     finally:
-        attention.attention_pytorch, linear.linear = originals
+        attention.attention_pytorch, kernels.cpu_linear = originals
     return {
         "unet_params": sum(1 for _ in unet.parameters()),
         "unet_shared": sum(p.data_ptr() in engine_unet for p in unet.parameters()),

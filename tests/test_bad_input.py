@@ -236,7 +236,7 @@ def test_failed_load_keeps_nothing(core, m9_folder, tmp_path):
     vae_config = tmp_path / "alt" / "vae" / "config.json"
     config = json.loads(vae_config.read_text(encoding="utf-8"))
     vae_config.write_text(json.dumps({**config, "block_out_channels": [64, 64, 64, 64]}), encoding="utf-8")
-    kinds = (core.text_encoder.AltTextEncoder, UNet2DConditionModel, AutoencoderKL)
+    kinds = (core.text_encoder.XLMRobertaWithHead, UNet2DConditionModel, AutoencoderKL)
 
     def alive():
         gc.collect()

@@ -1,10 +1,16 @@
-"""ComfyUI's socket conventions at the nodes' edges: shapes, dtypes, ranges, scales, and LATENT dict handling."""
+"""ComfyUI's socket conventions at the nodes' edges: shapes, dtypes, ranges, scales, and LATENT dict handling; and the
+nodes' one way into the engine, ``altdiff_core.__all__``."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
 from factories import reference_components
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +172,7 @@ def test_reduced_precision_dtypes_load_and_generate(nodes, m9_folder, dtype):
     """fp16/bf16 weights: every module in that dtype, sockets still float32, results finite."""
     model, text_encoder, vae, info = nodes.loader.AltDiffusionLoader.load_path(m9_folder, dtype)
     wanted = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    assert {p.dtype for p in model.unet.parameters()} == {wanted}
+    assert {p.dtype for p in model.module.parameters()} == {wanted}
     assert {p.dtype for p in text_encoder.module.parameters()} == {wanted}
     assert {p.dtype for p in vae.module.parameters()} == {wanted}
     (pos,) = nodes.text_encode.AltDiffusionTextEncode().encode("一只猫", text_encoder)
@@ -176,3 +182,38 @@ def test_reduced_precision_dtypes_load_and_generate(nodes, m9_folder, dtype):
     (image,) = nodes.vae.AltDiffusionVAEDecode().decode(out, vae)
     assert out["samples"].dtype == image.dtype == torch.float32
     assert torch.isfinite(out["samples"]).all() and torch.isfinite(image).all()
+
+
+# --------------------------------------------------------------------------------------------- the nodes' imports
+
+
+def engine_imports_past_all(root: Path, exported: set[str]) -> list[str]:
+    """Every import in ``root/nodes`` (``nodes/comfy_seam`` included) of anything of the engine but a name in
+    ``exported`` from the ``altdiff_core`` package itself: a submodule (``altdiff_core.single_file``), a name outside
+    ``__all__``, ``*``, or the package as a whole (``from .. import altdiff_core``), as ``file:line what``."""
+    found = []
+    for path in sorted((root / "nodes").rglob("*.py")):
+        package = path.relative_to(root).parent.parts  # ("nodes",) or ("nodes", "comfy_seam"); the pack is the root
+        where = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found += [f"{where}:{node.lineno} import {a.name}" for a in node.names if "altdiff_core" in a.name.split(".")]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else ()
+                module = (*base, *(node.module or "").split(".")) if node.module else base
+                names = [a.name for a in node.names]
+                text = f"{where}:{node.lineno} from {'.' * node.level}{node.module or ''} import {', '.join(names)}"
+                if "altdiff_core" in module:
+                    inside = module[module.index("altdiff_core") + 1 :]
+                    if inside or any(name not in exported for name in names):
+                        found.append(text)
+                elif "altdiff_core" in names:
+                    found.append(text)
+    return found
+
+
+def test_nodes_import_only_what_the_engine_exports(pack):
+    """The nodes are adapters over the engine's public names: a node that needs more gets it added to ``__all__``."""
+    exported = set(pack.altdiff_core.__all__)
+    assert all(hasattr(pack.altdiff_core, name) for name in exported)
+    assert engine_imports_past_all(ROOT, exported) == []

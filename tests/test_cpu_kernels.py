@@ -292,17 +292,17 @@ def test_the_loader_builds_the_unet_with_them(pack):
         config, state, Path("unet.safetensors"), core.schedules.DiscreteSchedule(), core.VARIANTS["m9"],
         device=torch.device("meta"), dtype=torch.float32,
     )  # fmt: skip
-    replaced = {name for name, m in model.unet.named_modules() if isinstance(m, core.cpu_kernels.SmallImageConv2d)}
+    replaced = {name for name, m in model.module.named_modules() if isinstance(m, core.cpu_kernels.SmallImageConv2d)}
     assert {"mid_block.resnets.0.conv1", "down_blocks.2.downsamplers.0.conv", "up_blocks.0.resnets.0.conv1"} <= replaced
     assert not any(name.startswith(("down_blocks.0.", "conv_in", "conv_out")) for name in replaced)
-    assert not any(type(m) is nn.Linear for m in model.unet.modules())
-    assert isinstance(model.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_q, core.cpu_kernels.OneDnnLinear)
-    assert model.unet.state_dict().keys() == state.keys()
+    assert not any(type(m) is nn.Linear for m in model.module.modules())
+    assert isinstance(model.module.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_q, core.cpu_kernels.OneDnnLinear)
+    assert model.module.state_dict().keys() == state.keys()
 
 
 def test_loaded_models_use_them_everywhere(m9):
     """Every plain linear of the loaded text encoder, UNet and VAE (a real folder through the loader) is oneDNN's."""
-    for module in (m9.text_encoder.module, m9.model.unet, m9.vae.module):
+    for module in (m9.text_encoder.module, m9.model.module, m9.vae.module):
         kinds = {type(m) for m in module.modules()}
         assert nn.Linear not in kinds
         assert sum(isinstance(m, nn.Linear) for m in module.modules()) > 0

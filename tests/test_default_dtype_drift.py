@@ -158,7 +158,7 @@ class Runs:
             fresh = self.core.load_folder(self.folders[variant], device=model.device, dtype=torch.float32)
             pairs = (
                 (fresh.text_encoder.module, text_encoder.module, text_encoder.dtype),
-                (fresh.model.unet, model.unet, model.dtype),
+                (fresh.model.module, model.module, model.dtype),
                 (fresh.vae.module, vae.module, vae.dtype),
             )
             for module, real, dtype in pairs:
@@ -241,7 +241,7 @@ def wrong_run(nodes, parts, mistake: str) -> dict[str, torch.Tensor]:
     model, _, vae = parts
     if mistake == "one-word-changed":
         return run_chain(nodes, parts, PROMPT.replace("红", "蓝"))  # a red hat → a blue one
-    unet_block, vae_block = model.unet.up_blocks[-1].attentions[-1], vae.module.decoder.up_blocks[-1].resnets[-1]
+    unet_block, vae_block = model.module.up_blocks[-1].attentions[-1], vae.module.decoder.up_blocks[-1].resnets[-1]
     with skipped(unet_block if mistake == "unet-block-skipped" else vae_block):
         return run_chain(nodes, parts)
 

@@ -531,8 +531,8 @@ def test_cpu_attention_is_fused_and_memory_is_known(core, monkeypatch):
     """torch 2.x runs flash attention on the CPU (no tokens² matrix); the available memory is read with or without
     psutil (a ComfyUI requirement, not the pack's)."""
     checks = core.checks
-    assert checks.attention_is_fused(torch.device("cpu"), torch.float32, 40)
-    assert checks.attention_is_fused(torch.device("cpu"), torch.float32, 512)
+    assert core.compat.attention_is_fused(torch.device("cpu"), torch.float32, 40)
+    assert core.compat.attention_is_fused(torch.device("cpu"), torch.float32, 512)
     with_psutil = checks.available_memory(torch.device("cpu"))
     monkeypatch.setitem(__import__("sys").modules, "psutil", None)
     without = checks.available_memory(torch.device("cpu"))

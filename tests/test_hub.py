@@ -290,7 +290,7 @@ def test_files_to_download_names_what_the_repo_lacks(pack, hub):
 def test_loader_offers_the_hub_ids_after_the_local_models(pack, hub, roots, m9_folder):
     shutil.copytree(m9_folder, roots.altdiffusion / "my-m9")
     names = pack.nodes.loader.list_models()
-    hub_models = list(hub.HUB_MODELS)
+    hub_models = list(hub.hub_models())
     assert names == ["my-m9", *hub_models]
     assert hub_models == ["BAAI/AltDiffusion", "BAAI/AltDiffusion-m9", "BAAI/AltDiffusion-m18"]
     assert "BAAI/AltDiffusion-m9" in pack.nodes.loader.AltDiffusionLoader.INPUT_TYPES()["required"]["model_name"][0]

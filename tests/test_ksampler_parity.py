@@ -177,7 +177,7 @@ class SharedUNet(torch.nn.Module):
 
 config = comfy.supported_models.SD15({"disable_unet_model_creation": True})
 base = comfy.model_base.BaseModel(config, device=torch.device("cpu"))
-base.diffusion_model = SharedUNet(ours.unet)
+base.diffusion_model = SharedUNet(ours.module)
 theirs = comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 encode = pack.nodes.text_encode.AltDiffusionTextEncode()

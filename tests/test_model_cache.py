@@ -90,7 +90,7 @@ def test_failed_load_is_not_cached_and_the_good_model_loads_after(pack, fresh_ca
         load(pack, folder)
     assert len(fresh_cache) == 0
     weights.write_bytes(good)
-    assert load(pack, folder)[0].unet is not None
+    assert load(pack, folder)[0].module is not None
     assert len(fresh_cache) == 1
 
 

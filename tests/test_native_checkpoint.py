@@ -53,7 +53,7 @@ def _save(comfy, variant: str) -> Path:
 
 def _state_dicts(loaded) -> dict[str, dict[str, torch.Tensor]]:
     return {
-        "unet": loaded.model.unet.state_dict(),
+        "unet": loaded.model.module.state_dict(),
         "text_encoder": loaded.text_encoder.module.state_dict(),
         "vae": loaded.vae.module.state_dict(),
     }

@@ -136,7 +136,7 @@ def test_the_native_parts_hold_the_engines_tensors_and_compute_with_its_cpu_kern
     """No second copy of the weights: every parameter of ComfyUI's UNet and of the CLIP's encoder is the engine's own
     tensor (built on the meta device, then assigned). On the CPU the UNet's linears and 3×3 convolutions are
     ``CpuKernelOps``' and its attention is SDPA: one KSampler step (CFG batch of 2 in one UNet call) calls
-    ``attention_pytorch`` once per attention layer (self and cross) and the engine's ``linear``."""
+    ``attention_pytorch`` once per attention layer (self and cross) and the engine's ``cpu_linear``."""
     out = check(results, "one_copy_and_cpu_kernels")
     assert out["unet_shared"] == out["unet_params"] > 0 and out["text_shared"] == out["text_params"] > 0, out
     assert out["layers"] == ["CpuKernelOps.Conv2d", "CpuKernelOps.Linear"], out

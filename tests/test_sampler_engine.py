@@ -21,24 +21,24 @@ def conds(core, m9):
 
 
 class UNetCounter:
-    """Wraps ``model.unet.forward``: counts calls and the batch rows (images) the UNet evaluated."""
+    """Wraps ``model.module.forward``: counts calls and the batch rows (images) the UNet evaluated."""
 
     def __init__(self, model):
         self.model, self.calls, self.rows = model, 0, 0
 
     def __enter__(self):
-        inner = self.model.unet.forward
+        inner = self.model.module.forward
 
         def forward(sample, *args, **kwargs):
             self.calls += 1
             self.rows += sample.shape[0]
             return inner(sample, *args, **kwargs)
 
-        self.model.unet.forward = forward
+        self.model.module.forward = forward
         return self
 
     def __exit__(self, *exc):
-        del self.model.unet.forward  # back to the class's method
+        del self.model.module.forward  # back to the class's method
 
 
 def run(core, m9, conds, latent=None, **kwargs):
@@ -184,7 +184,7 @@ def test_callback_every_step_and_cancel_leaves_the_model_usable(core, m9, conds)
         run(core, m9, conds, steps=50, callback=cancel_at_3)
     assert seen == [(i, 50, (1, 4, 8, 8)) for i in range(3)]
     assert torch.equal(run(core, m9, conds), run(core, m9, conds))
-    assert not m9.model.unet.training and all(not p.requires_grad for p in m9.model.unet.parameters())
+    assert not m9.model.module.training and all(not p.requires_grad for p in m9.model.module.parameters())
 
 
 # ----------------------------------------------------------------------------------------------- the advanced node

@@ -277,7 +277,7 @@ def test_schedule_travels_with_the_unet(schedule, m9_folder):
     from altdiff_core import load_folder
 
     model = load_folder(m9_folder).model
-    assert model.schedule.sigmas.device == next(model.unet.parameters()).device
+    assert model.schedule.sigmas.device == next(model.module.parameters()).device
 
 
 def test_alphas_cumprod_match_diffusers_scaled_linear(schedule):

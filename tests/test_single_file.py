@@ -37,7 +37,7 @@ def _outputs(loaded, core) -> dict[str, torch.Tensor]:
     dtype = loaded.model.dtype
     x = torch.randn(1, 4, 8, 8, generator=generator).to(dtype)
     with torch.no_grad():
-        eps = loaded.model.unet(x, torch.tensor([500]), encoder_hidden_states=conds[0].to(dtype)).sample
+        eps = loaded.model.module(x, torch.tensor([500]), encoder_hidden_states=conds[0].to(dtype)).sample
         pixels = loaded.vae.module.decode(x.to(loaded.vae.dtype)).sample
         latent = loaded.vae.module.encode(pixels).latent_dist.mode()
     return {**{f"cond{i}": c for i, c in enumerate(conds)}, "eps": eps, "pixels": pixels, "latent": latent}
@@ -52,12 +52,12 @@ def test_single_file_gives_the_folder_model(core, request, folder_fixture, file_
     aligned memory whatever the file's layout, so CPU kernels take the same paths), also when cast on reading."""
     from_folder = core.load_folder(request.getfixturevalue(folder_fixture), dtype=dtype)
     from_file = core.load_checkpoint(request.getfixturevalue(file_fixture), dtype=dtype)
-    assert from_file.model.unet.dtype == from_folder.model.unet.dtype == dtype
+    assert from_file.model.module.dtype == from_folder.model.module.dtype == dtype
     assert from_file.info["variant"] == variant and from_file.info["format"] == "single file"
-    assert dict(from_file.model.unet.config) == dict(from_folder.model.unet.config)
+    assert dict(from_file.model.module.config) == dict(from_folder.model.module.config)
     assert dict(from_file.vae.module.config) == dict(from_folder.vae.module.config)
     assert from_file.text_encoder.module.config.to_dict() == from_folder.text_encoder.module.config.to_dict()
-    for part in ("text_encoder.module", "model.unet", "vae.module"):
+    for part in ("text_encoder.module", "model.module", "vae.module"):
         a, b = (_attr(m, part).state_dict() for m in (from_folder, from_file))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     ours, theirs = _outputs(from_file, core), _outputs(from_folder, core)
@@ -75,7 +75,7 @@ def _attr(obj, dotted: str):
 def test_ckpt_pickle_loads_like_safetensors(core, m9_folder, m9_file, ckpt_dir):
     ckpt = write_ldm_checkpoint(m9_folder, ckpt_dir / "alt-m9-pickle.ckpt")
     a, b = core.load_checkpoint(m9_file), core.load_checkpoint(ckpt)
-    for part in ("text_encoder.module", "model.unet", "vae.module"):
+    for part in ("text_encoder.module", "model.module", "vae.module"):
         sa, sb = _attr(a, part).state_dict(), _attr(b, part).state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), part
     assert b.info["variant"] == "m9"
@@ -128,7 +128,7 @@ def test_fp16_weights_are_never_widened_on_the_way(core, m9_folder, tmp_path):
             loaded = load()
         params = sum(loaded.info["params"].values())
         assert counter.elements < 0.05 * params, (counter.elements, params)  # the schedule's 1000 sigmas and such
-        for module in (loaded.text_encoder.module, loaded.model.unet, loaded.vae.module):
+        for module in (loaded.text_encoder.module, loaded.model.module, loaded.vae.module):
             assert {p.dtype for p in module.parameters()} == {torch.float16}
             assert not any(t.is_meta for t in [*module.parameters(), *module.buffers()])
 
@@ -143,7 +143,7 @@ def _fp16_copy(folder: Path, dest: Path) -> Path:
 
 def test_vae_dtype_is_separate(core, m9_file):
     loaded = core.load_checkpoint(m9_file, dtype=torch.bfloat16, vae_dtype=torch.float32)
-    assert {p.dtype for p in loaded.model.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in loaded.model.module.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in loaded.vae.module.parameters()} == {torch.float32} and loaded.vae.dtype == torch.float32
     assert "bfloat16 (VAE float32)" in loaded.describe()
 
@@ -230,11 +230,11 @@ def test_full_size_unet_config_is_inferred_from_shapes(core, family, key):
     config = UNET_CONFIGS[key, "full"]
     real = _meta(lambda: UNet2DConditionModel.from_config(config))
     ldm = unet_to_ldm(real.state_dict(), config)
-    inferred = core.ldm_convert.unet_config_from_shapes({k: v.shape for k, v in ldm.items()}, family, Path("x"))
+    inferred = core.ldm_to_diffusers.unet_config_from_shapes({k: v.shape for k, v in ldm.items()}, family, Path("x"))
     rebuilt = _meta(lambda: UNet2DConditionModel.from_config(inferred))
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}
     assert _heads(rebuilt) == _heads(real)
-    converted = core.ldm_convert.convert_unet({f"model.diffusion_model.{k}": v for k, v in ldm.items()}, inferred, Path("x"))
+    converted = core.ldm_to_diffusers.convert_unet({f"model.diffusion_model.{k}": v for k, v in ldm.items()}, inferred, Path("x"))
     assert set(converted) == set(real.state_dict())
 
 
@@ -243,15 +243,15 @@ def test_full_size_vae_and_text_encoder_configs_are_inferred_from_shapes(core, p
 
     vae = _meta(lambda: AutoencoderKL.from_config(VAE_CONFIGS["full"]))
     shapes = {k: v.shape for k, v in vae_to_ldm(vae.state_dict(), VAE_CONFIGS["full"]).items()}
-    rebuilt = _meta(lambda: AutoencoderKL.from_config(core.ldm_convert.vae_config_from_shapes(shapes, Path("x"))))
+    rebuilt = _meta(lambda: AutoencoderKL.from_config(core.ldm_to_diffusers.vae_config_from_shapes(shapes, Path("x"))))
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in vae.state_dict().items()}
 
     text_encoder = pack.altdiff_core.text_encoder
     for variant in ("m9", "m18"):
         real = text_encoder_config(variant, "full")
-        module = _meta(lambda r=real, v=variant: text_encoder.AltTextEncoder(text_encoder.xlmr_config(r), core.VARIANTS[v]))
+        module = _meta(lambda r=real, v=variant: text_encoder.XLMRobertaWithHead(text_encoder.xlmr_config(r), core.VARIANTS[v]))
         shapes = {k: v.shape for k, v in module.state_dict().items()}
-        inferred = core.ldm_convert.text_encoder_config_from_shapes(shapes, Path("x"))
+        inferred = core.ldm_to_diffusers.text_encoder_config_from_shapes(shapes, Path("x"))
         assert {k: inferred.get(k) for k in real if k in inferred} == {k: real[k] for k in real if k in inferred}
         assert inferred["num_attention_heads"] == real["num_attention_heads"] == 16
 
@@ -290,12 +290,16 @@ def test_loader_node_loads_a_checkpoint_with_info(pack, roots):
 
 
 def test_vae_dtype_auto_never_fp16(pack):
-    resolve = pack.nodes.loader.resolve_vae_dtype
+    resolve = pack.altdiff_core.resolve_vae_dtype  # the engine's dtype policy, which the loader node applies
     cpu = torch.device("cpu")
     assert resolve("auto", torch.float16, cpu) == torch.float32
     assert resolve("auto", torch.bfloat16, cpu) == torch.bfloat16
     assert resolve("auto", torch.float32, cpu) == torch.float32
     assert resolve("fp16", torch.float32, cpu) == torch.float16
+    both = pack.altdiff_core.resolve_dtypes  # no VAE choice: as asked for the whole model
+    assert both("fp16", None, cpu) == (torch.float16, torch.float16)
+    assert both("fp16", "auto", cpu) == (torch.float16, torch.float32)
+    assert both("fp32", "bf16", cpu) == (torch.float32, torch.bfloat16)
 
 
 def test_vae_dtype_input_is_optional_and_last(pack):
@@ -311,7 +315,7 @@ def test_legacy_pickle_checkpoint_loads(core, m9_folder, m9_file, tmp_path):
     torch.save(state, path, _use_new_zipfile_serialization=False)
     assert not core.weights.reads_parts(path)
     a, b = core.load_checkpoint(m9_file), core.load_checkpoint(path)
-    sa, sb = a.model.unet.state_dict(), b.model.unet.state_dict()
+    sa, sb = a.model.module.state_dict(), b.model.module.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 

@@ -29,7 +29,7 @@ def latent():
 
 def test_decode_runs_channels_last_with_the_same_values(core, m9, monkeypatch, latent):
     with torch.inference_mode():
-        plain = core.convert.pixels_to_image(m9.vae.module.decode(latent).sample)
+        plain = core.socket_layouts.pixels_to_image(m9.vae.module.decode(latent).sample)
     seen = _spy(monkeypatch, m9.vae.module, "decode")
     image = core.decode_latent(m9.vae, latent)
     assert seen == [True]
@@ -40,7 +40,7 @@ def test_decode_runs_channels_last_with_the_same_values(core, m9, monkeypatch, l
 def test_encode_runs_channels_last_and_returns_a_contiguous_latent(core, m9, monkeypatch):
     image = torch.rand(1, 64, 48, 3, generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
-        pixels = core.convert.image_to_pixels(image)
+        pixels = core.socket_layouts.image_to_pixels(image)
         plain = m9.vae.module.encode(pixels).latent_dist.mode()
     seen = _spy(monkeypatch, m9.vae.module, "encode")
     latent = core.encode_image(m9.vae, image)

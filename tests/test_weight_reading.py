@@ -64,7 +64,7 @@ def test_a_folder_loads_the_same_whether_cast_while_reading_or_after(pack, m9_fo
     core = pack.altdiff_core
     loaded = core.load_folder(m9_folder, dtype=torch.bfloat16)  # the tiny folder is stored in fp32: cast while reading
     for part in ("text_encoder", "unet", "vae"):
-        module = loaded.model.unet if part == "unet" else getattr(loaded, part).module
+        module = (loaded.model if part == "unet" else getattr(loaded, part)).module
         folder = m9_folder / part
         stems = ("model", "pytorch_model") if part == "text_encoder" else ("diffusion_pytorch_model",)
         raw, _ = core.loading.read_component(folder, stems)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ...altdiff_core.components import LoadedModel
+from ...altdiff_core import LoadedModel
 
 try:  # inside a ComfyUI server
     import comfy.latent_formats

@@ -44,12 +44,24 @@ import folder_paths
 import torch
 from comfy.text_encoders import bert
 
-from ...altdiff_core import cpu_kernels
-from ...altdiff_core.components import VAE, DiffusionModel, LoadedModel, TextEncoder
-from ...altdiff_core.errors import ModelFormatError
-from ...altdiff_core.text_encoder import build_head_layer
-from ...altdiff_core.tokenizer import BOS_ID, EOS_ID, PAD_ID, WINDOW, XLMRTokenizer
-from ...altdiff_core.variants import VARIANTS, Variant
+from ...altdiff_core import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    VAE,
+    WINDOW_LENGTH,
+    DiffusionModel,
+    LoadedModel,
+    ModelFormatError,
+    TextEncoder,
+    Variant,
+    XLMRTokenizer,
+    build_head_layer,
+    cpu_linear,
+    matmul_form_fits,
+    small_image_conv,
+    variant_named,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +157,17 @@ class CpuKernelOps(comfy.ops.disable_weight_init):
             if not x.is_cpu or self.comfy_cast_weights or self.weight_function or self.bias_function:
                 return super().forward(x, *args, **kwargs)
             comfy.ops.run_every_op()
-            return cpu_kernels.linear(x, self.weight, self.bias)
+            return cpu_linear(x, self.weight, self.bias)
 
     class Conv2d(comfy.ops.disable_weight_init.Conv2d):
         def forward(self, x, *args, **kwargs):
             plain = not (self.comfy_cast_weights or self.weight_function or self.bias_function)
-            out = cpu_kernels.small_image_conv(self, x, self.weight, self.bias) if plain and self.matmul_form else None
+            out = small_image_conv(self, x, self.weight, self.bias) if plain and self.matmul_form else None
             return super().forward(x, *args, **kwargs) if out is None else out
 
         @functools.cached_property
         def matmul_form(self) -> bool:
-            return cpu_kernels.matmul_form_fits(self)
+            return matmul_form_fits(self)
 
 
 def _sdpa_attention(func, *args, **kwargs):
@@ -181,8 +193,8 @@ def native_model(model: DiffusionModel) -> comfy.model_patcher.ModelPatcher:
     Raises:
         ModelFormatError: the UNet has a layout ComfyUI's UNet can't express.
     """
-    config = dict(model.unet.config)
-    diffusers_sd = model.unet.state_dict()
+    config = dict(model.module.config)
+    diffusers_sd = model.module.state_dict()
     names = comfy.utils.unet_to_diffusers(_block_layout(config))  # every name such a UNet may have
     ldm_sd = {names[name]: tensor for name, tensor in diffusers_sd.items() if name in names}
     unplaced = [name for name in diffusers_sd if name not in names]
@@ -261,7 +273,7 @@ class AltDiffusionTextTransformer(torch.nn.Module):
 
     def __init__(self, config: dict, dtype, device, operations):
         super().__init__()
-        self.variant: Variant = VARIANTS[config["variant"]]
+        self.variant: Variant = variant_named(config["variant"])  # "m2/m9" too: a single file not told apart
         self.num_layers = int(config["num_hidden_layers"])
         self.roberta = XLMRoberta(config, dtype, device, operations)
         for name in self.variant.head_layers:
@@ -301,7 +313,7 @@ class XLMRClipModel(comfy.sd1_clip.SDClipModel):
     the attention mask on, and the variant's own layer by default (m18: the penultimate)."""
 
     def __init__(self, device="cpu", dtype=None, model_options={}, config: dict | None = None):  # noqa: B006
-        variant = VARIANTS[config["variant"]]
+        variant = variant_named(config["variant"])
         super().__init__(device=device, dtype=dtype, model_options=model_options, textmodel_json_config=dict(config),
                          model_class=AltDiffusionTextTransformer, special_tokens={"start": BOS_ID, "end": EOS_ID, "pad": PAD_ID},
                          layer_norm_hidden_state=False, enable_attention_masks=True)  # fmt: skip
@@ -354,7 +366,7 @@ class XLMRTokenizer77(comfy.sd1_clip.SDTokenizer):
 
     def __init__(self, embedding_directory=None, tokenizer_data={}):  # noqa: B006
         tokenizer: XLMRTokenizer = tokenizer_data[TOKENIZER_KEY]
-        super().__init__(tokenizer, max_length=WINDOW, pad_with_end=False, embedding_directory=embedding_directory,
+        super().__init__(tokenizer, max_length=WINDOW_LENGTH, pad_with_end=False, embedding_directory=embedding_directory,
                          embedding_size=tokenizer_data.get("embedding_size", 1024), embedding_key=CLIP_NAME,
                          tokenizer_class=_SentencePieceVocab, pad_token=PAD_ID, tokenizer_data=tokenizer_data)  # fmt: skip
         self.xlmr = tokenizer

@@ -19,7 +19,7 @@ import torch
 
 import nodes as comfy_nodes  # ComfyUI's nodes.py (this package's own folder is only ever imported relatively)
 
-from ...altdiff_core import samplers
+from ...altdiff_core import sample_pndm
 
 
 def encode_text(clip, text: str) -> tuple[list]:
@@ -49,7 +49,7 @@ def _pndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
 
-    return samplers.sample_pndm(denoise, x, sigmas, seed=extra_args.get("seed"), schedule=None, callback=report)
+    return sample_pndm(denoise, x, sigmas, seed=extra_args.get("seed"), schedule=None, callback=report)
 
 
 OWN_SAMPLERS = {"pndm": _pndm}

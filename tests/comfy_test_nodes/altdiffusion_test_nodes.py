@@ -56,7 +56,7 @@ class AltDiffusionTestProbe:
 
         if collect:
             gc.collect()
-        counts = {"pack_models": 0, "UNet2DConditionModel": 0, "AutoencoderKL": 0, "AltTextEncoder": 0,
+        counts = {"pack_models": 0, "UNet2DConditionModel": 0, "AutoencoderKL": 0, "XLMRobertaWithHead": 0,
                   "ModelPatcher": 0, "BaseModel": 0, "AltDiffusionClipModel": 0}  # fmt: skip
         unets = []
         for obj in gc.get_objects():

@@ -1,7 +1,7 @@
 """LDM (A1111 single-file) weights → diffusers names, and diffusers configs inferred from the weights' shapes.
 
-The key renaming of the UNet and the VAE is diffusers' own (``diffusers.loaders.single_file_utils``:
-``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``; pure functions, no network). Their configs are
+The key renaming of the UNet and the VAE is diffusers' own (``convert_ldm_unet_checkpoint``,
+``convert_ldm_vae_checkpoint``, imported through ``compat``; pure functions, no network). Their configs are
 inferred here from tensor shapes alone, without the original LDM yaml or any download:
 
 | part  | read from the shapes                                                    | not in the shapes: family rule       |
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
+from .compat import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 from .errors import ModelFormatError
 
 Shapes = Mapping[str, torch.Size]
@@ -37,7 +37,8 @@ ATTENTION_HEADS: dict[str, Callable[[int], int]] = {
     "SD1": lambda channels: 8,  # LDM v1 configs: num_heads 8 at every level
     "SD2": lambda channels: channels // 64,  # LDM v2 configs: num_head_channels 64
 }
-"""UNet family → number of attention heads of a level with ``channels`` channels."""
+"""UNet family (``Variant.unet_family``) → number of attention heads of a level with ``channels`` channels: a rule of
+the Stable Diffusion generation, shared by every variant built on it."""
 
 MIN_HEAD_WIDTH = 32
 """No released SD UNet has attention heads narrower than 40 channels; narrower means the family rule does not apply."""

@@ -1,4 +1,4 @@
-"""The only place where ComfyUI's socket conventions meet the engine's.
+"""Images and latents between the layouts of ComfyUI's sockets and the engine's: the only place where the two meet.
 
 | where                 | images                              | latents                                    |
 |-----------------------|-------------------------------------|--------------------------------------------|
