@@ -470,9 +470,47 @@ def worker_compute(args) -> dict:
             x, t, context=context, transformer_options={"optimized_attention_override": sdpa}
         ),
     }
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    import comfy.sample
+    from comfyui_altdiffusion.altdiff_core import sample_latent
+
+    latent = torch.zeros(1, 4, side, side)
+    cond = context[:1]
+    runs = {  # a whole sampling run, per step: what each sampler adds around the same UNet
+        "KSampler's loop on the native MODEL, per step": lambda: comfy.sample.sample(
+            patcher,
+            comfy.sample.prepare_noise(latent, SEED),
+            args.steps,
+            CFG,
+            SAMPLER,
+            SCHEDULER,
+            [[cond, {}]],
+            [[cond, {}]],
+            latent,
+            disable_pbar=True,
+            seed=SEED,
+        ),  # fmt: skip
+        "the engine's sampler (sample_latent), per step": lambda: sample_latent(
+            loaded.model,
+            cond,
+            cond,
+            latent,
+            seed=SEED,
+            steps=args.steps,
+            cfg=CFG,
+            sampler_name=SAMPLER,
+            scheduler=SCHEDULER,
+        ),  # fmt: skip
+    }
+    times: dict[str, list[float]] = {name: [] for name in [*calls, *runs]}  # runs: seconds per step
     outputs = {}
     with torch.inference_mode():
+        for run in runs.values():  # warm-up
+            run()
+        for _ in range(args.reps):
+            for name, run in runs.items():
+                started = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - started) / args.steps)
         for name, call in calls.items():  # warm-up, and the outputs to compare
             outputs[name] = call().float()
         for _ in range(args.reps):
@@ -486,7 +524,9 @@ def worker_compute(args) -> dict:
         "size": args.size,
         "native_layers": layers,
         "native_attention_override": "optimized_attention_override" in patcher.model_options["transformer_options"],
-        "calls": {name: {"median_s": _median(ts), "each": ts} for name, ts in times.items()},
+        "calls": {name: {"median_s": _median(times[name]), "each": times[name]} for name in calls},
+        "runs": {name: {"median_s": _median(times[name]), "each": times[name]} for name in runs},
+        "steps": args.steps,
         "max_abs_diff_vs_engine": {name: (out - first).abs().max().item() for name, out in outputs.items()},
         "load_avg": os.getloadavg()[0],
     }
@@ -681,6 +721,19 @@ def markdown(report: dict) -> str:
                     each = ", ".join(f"{v:.2f}" for v in c["each"])
                     diff = compute["max_abs_diff_vs_engine"][name]
                     lines.append(f"| {name} | {c['median_s']:.3f} | {each} | {c['median_s'] / base:.2f} | {diff:.2e} |")
+                lines.append("")
+            if compute and compute.get("runs"):
+                runs = compute["runs"]
+                engine = runs["the engine's sampler (sample_latent), per step"]["median_s"]
+                lines += [
+                    f"A whole {compute['steps']}-step run (euler/normal, cfg {CFG}), seconds per step, interleaved:",
+                    "",
+                    "| sampler | median s/step | each | × engine |",
+                    "|---|---|---|---|",
+                ]
+                for name, c in runs.items():
+                    each = ", ".join(f"{v:.2f}" for v in c["each"])
+                    lines.append(f"| {name} | {c['median_s']:.3f} | {each} | {c['median_s'] / engine:.2f} |")
                 lines.append("")
     if report.get("note"):
         lines += [report["note"], ""]
