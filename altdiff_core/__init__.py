@@ -17,6 +17,7 @@ from .errors import (
     ModelNotFoundError,
     NotAltDiffusionError,
     SamplerInputError,
+    StageInputError,
     TooLargeForMemoryError,
 )
 from .hub import hub_models
@@ -53,6 +54,7 @@ __all__ = [
     "ModelNotFoundError",
     "NotAltDiffusionError",
     "SamplerInputError",
+    "StageInputError",
     "TooLargeForMemoryError",
     "TextEncoder",
     "Variant",

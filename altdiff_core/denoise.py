@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,22 +42,13 @@ from .checks import (
 )
 from .compat import attention_is_fused
 from .components import DiffusionModel
-from .errors import InvalidInputError, SamplerInputError
+from .errors import InvalidInputError, SamplerInputError, about
 from .samplers import SamplerSpec, StepCallback, get_sampler
 from .schedules import advanced_sigmas
 from .socket_layouts import latent_to_model, model_to_latent
 from .variants import VARIANTS, Variant
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def _about(argument: str) -> Iterator[None]:
-    """Re-raise the ``InvalidInputError`` of a check inside as a ``SamplerInputError`` about ``argument``."""
-    try:
-        yield
-    except InvalidInputError as err:
-        raise SamplerInputError(str(err), argument).with_traceback(err.__traceback__) from None
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -225,7 +215,7 @@ def scheduled_entries(model: DiffusionModel, conditioning: torch.Tensor | Sequen
             context that is not ``[batch, tokens, width]``, is empty, has the wrong width or holds NaN/inf; a
             strength or percent that is not a finite number.
     """
-    with _about(role):
+    with about(role, SamplerInputError):
         entries = [CondEntry(conditioning)] if isinstance(conditioning, torch.Tensor) else conditioning
         if not isinstance(entries, (list, tuple)) or not entries or not all(isinstance(e, CondEntry) for e in entries):
             raise InvalidInputError(
@@ -427,17 +417,17 @@ def _check_inputs(
 ) -> None:
     """The latent, mask, batch_index, seed and cfg. The latent's values are read after its size is known to fit: an
     expanded 1×4×65536×65536 view costs nothing to pass around, but a scan for NaN would allocate its full size."""
-    with _about("latent"):
+    with about("latent", SamplerInputError):
         _check_latent_shape(model, latent)
     _check_seed_and_cfg(seed, cfg)
     _check_memory(model, latent, cfg)
-    with _about("latent"):
+    with about("latent", SamplerInputError):
         check_finite(latent, "latent", "re-encode the image, or start from an all-zero latent.")
     if noise_mask is not None:
-        with _about("noise_mask"):
+        with about("noise_mask", SamplerInputError):
             _check_mask(noise_mask)
     if batch_index is not None:
-        with _about("batch_index"):
+        with about("batch_index", SamplerInputError):
             _check_batch_index(batch_index, latent.shape[0])
 
 

@@ -1,8 +1,12 @@
 """Exceptions the engine raises on bad input.
 
-Every message names the offending value, what was expected, and how to fix it, so that the node (or the
-command line) can show it to the user as it is. Nothing here imports torch.
+Every message names the offending value, what was expected, and how to fix it, in the engine's terms (its arguments,
+shapes and files, never a front end's widgets), so that the command line can show it as it is and a node can add
+where in the graph to fix it (``StageInputError.argument``). Nothing here imports torch.
 """
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class AltDiffusionError(Exception):
@@ -30,11 +34,30 @@ class TooLargeForMemoryError(InvalidInputError):
     anything is allocated, so the server never runs out of memory trying."""
 
 
-class SamplerInputError(InvalidInputError):
-    """An input of ``sample_latent`` that another stage made cannot be sampled. ``argument`` names it: "latent",
-    "noise_mask", "batch_index", "positive" or "negative". The message says what is wrong and how to fix it in the
-    engine's terms; a caller that knows where the input came from (a node's socket) can add how to fix it there."""
+class StageInputError(InvalidInputError):
+    """An input of a stage (``encode_prompt``, ``encode_image``, ``decode_latent``, ``sample_latent``) that another
+    stage or the caller made cannot be used. ``argument`` names the stage's parameter ("prompt", "image", "latent", …);
+    a caller that knows where the input came from (a node's socket) can add how to fix it there."""
 
     def __init__(self, message: str, argument: str):
         super().__init__(message)
         self.argument = argument
+
+
+class SamplerInputError(StageInputError):
+    """An input of ``sample_latent``: ``argument`` is "latent", "noise_mask", "batch_index", "positive" or
+    "negative"."""
+
+
+@contextmanager
+def about(argument: str, error: type[StageInputError] = StageInputError) -> Iterator[None]:
+    """Re-raise the ``InvalidInputError`` of a check inside as ``error`` about ``argument`` (a memory refusal,
+    ``TooLargeForMemoryError``, is about a size, not one input, and passes as it is)."""
+    try:
+        yield
+    except TooLargeForMemoryError:
+        raise
+    except InvalidInputError as err:
+        if isinstance(err, StageInputError):
+            raise
+        raise error(str(err), argument).with_traceback(err.__traceback__) from None

@@ -93,8 +93,7 @@ def check_folder(folder: Path) -> dict:
         kind = OTHER_TEXT_ENCODERS.get(cls, f"a model whose text encoder is {cls}")
         raise NotAltDiffusionError(
             f"{folder} is {kind}, not AltDiffusion (its text encoder is {entry[0]}.{cls}, AltDiffusion's is "
-            "alt_diffusion.RobertaSeriesModelWithTransformation). Load it with ComfyUI's own loaders "
-            "(DiffusersLoader or CheckpointLoaderSimple) instead."
+            "alt_diffusion.RobertaSeriesModelWithTransformation); load it with a loader for that model family."
         )
     return index
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .components import TextEncoder
-from .errors import InvalidInputError
+from .errors import InvalidInputError, StageInputError
 from .tokenizer import TokenWindows
 
 
@@ -47,9 +47,12 @@ def encode_prompt(text_encoder: TextEncoder, text: str) -> tuple[torch.Tensor, t
         cond: float32 ``[1, 77·k, context_dim]`` on the CPU — the k windows' outputs concatenated along tokens.
         pooled: float32 ``[1, context_dim]`` — the projected ``<s>`` token of the first window (the "cls" pooling
             the BAAI configs name). The UNet does not use it; ComfyUI's conditioning nodes expect it.
+
+    Raises:
+        StageInputError: about "prompt": ``text`` is not a str.
     """
     if not isinstance(text, str):
-        raise InvalidInputError(f"prompt is {type(text).__name__}, not text; connect a STRING or type the prompt.")
+        raise StageInputError(f"prompt is a {type(text).__name__}, not text (a str); pass the prompt as a string.", "prompt")
     out = encode_windows(text_encoder, text_encoder.tokenizer.windows(text))
     cond = out.reshape(1, -1, out.shape[-1]).cpu()
     pooled = out[:1, 0].cpu()

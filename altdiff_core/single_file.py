@@ -151,8 +151,8 @@ def _refuse(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     for prefix, kind in OTHER_TEXT_ENCODERS.items():
         if any(k.startswith(prefix) for k in state_dict):
             raise NotAltDiffusionError(
-                f"{path} is {kind}, not AltDiffusion (whose text encoder is XLM-R, cond_stage_model.roberta.*). "
-                "Load it with ComfyUI's own Load Checkpoint node (CheckpointLoaderSimple)."
+                f"{path} is {kind}, not AltDiffusion (whose text encoder is XLM-R, cond_stage_model.roberta.*); "
+                "load it with a loader for that model family."
             )
     sample = ", ".join(sorted(state_dict)[:3]) or "no tensors"
     raise ModelFormatError(

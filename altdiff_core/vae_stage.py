@@ -14,8 +14,11 @@ from .checks import (
 )
 from .compat import attention_is_fused
 from .components import VAE
-from .errors import InvalidInputError
+from .errors import InvalidInputError, about
 from .socket_layouts import crop_to_multiple, image_to_pixels, pixels_to_image
+
+IMAGE_LAYOUT = "a [batch, height, width, 3] float tensor of 0..1 RGB values"
+"""What ``encode_image`` takes (channels last, as ComfyUI's IMAGE)."""
 
 CPU_MEMORY_FORMAT = torch.channels_last
 """Layout of the VAE's input on the CPU: oneDNN then runs every convolution channels-last (0.78–0.91× the time on an
@@ -36,26 +39,26 @@ def encode_image(vae: VAE, image: torch.Tensor) -> torch.Tensor:
     refused, where ComfyUI's VAEEncode would crop it to nothing and fail inside the VAE.
 
     Raises:
-        InvalidInputError: not an IMAGE, an empty batch, smaller than 8×8, holding NaN/inf, or a NaN/inf latent
-            (the VAE's weights hold NaN/inf or it overflowed).
+        StageInputError: about "image": not a ``[B,H,W,3]`` tensor, an empty batch, smaller than 8×8, or holding
+            NaN/inf.
+        InvalidInputError: a NaN/inf latent (the VAE's weights hold NaN/inf or it overflowed).
         TooLargeForMemoryError: the image needs more working memory than the device has; refused before encoding.
     """
-    image = check_tensor(image, "image", "an IMAGE tensor", "connect a LoadImage or another node that outputs IMAGE.")
-    if image.ndim != 4 or image.shape[-1] < 3:
-        raise InvalidInputError(
-            f"image of shape {tuple(image.shape)} is not an IMAGE [batch, height, width, 3]; connect a LoadImage "
-            "or another node that outputs IMAGE."
-        )
-    check_batch(image, "image")
-    if image.shape[1] < vae.downscale or image.shape[2] < vae.downscale:
-        raise InvalidInputError(
-            f"image of {image.shape[2]}×{image.shape[1]} pixels (width×height) is smaller than one "
-            f"{vae.downscale}×{vae.downscale} latent cell; use an image at least {vae.downscale} pixels on each side "
-            "(upscale it first)."
-        )
+    with about("image"):
+        image = check_tensor(image, "image", IMAGE_LAYOUT, "give the image in that layout.")
+        if image.ndim != 4 or image.shape[-1] < 3:
+            raise InvalidInputError(f"image of shape {tuple(image.shape)} is not {IMAGE_LAYOUT}; give it in that layout.")
+        check_batch(image, "image")
+        if image.shape[1] < vae.downscale or image.shape[2] < vae.downscale:
+            raise InvalidInputError(
+                f"image of {image.shape[2]}×{image.shape[1]} pixels (width×height) is smaller than one "
+                f"{vae.downscale}×{vae.downscale} latent cell; use an image at least {vae.downscale} pixels on each "
+                "side (upscale it first)."
+            )
     h, w = image.shape[1] // vae.downscale, image.shape[2] // vae.downscale
     _check_memory(vae, image.shape[0], h, w, decode=False)
-    check_finite(image, "image", "the node that produced it failed; fix or replace that node's output.")
+    with about("image"):
+        check_finite(image, "image", "whatever made it failed; recompute or replace the image.")
     image = crop_to_multiple(image, vae.downscale)
     pixels = _vae_input(vae, image_to_pixels(image.float()))
     with torch.inference_mode():
@@ -68,25 +71,28 @@ def decode_latent(vae: VAE, latent: torch.Tensor) -> torch.Tensor:
     """Raw latent ``[B,4,h,w]`` → IMAGE ``[B,8h,8w,3]`` float32 0..1 on the CPU.
 
     Raises:
-        InvalidInputError: not a latent this VAE decodes, an empty batch, a 0 height/width, NaN/inf values, or a
-            NaN/inf output (the VAE's weights hold NaN/inf or it overflowed).
+        StageInputError: about "latent": not a latent this VAE decodes, an empty batch, a 0 height/width, NaN/inf
+            values.
+        InvalidInputError: a NaN/inf output (the VAE's weights hold NaN/inf or it overflowed).
         TooLargeForMemoryError: the image needs more working memory than the device has (or, decoded on a GPU, than
             the CPU has for the IMAGE); refused before decoding.
     """
-    latent = check_tensor(latent, "latent", "a [batch, 4, height/8, width/8] tensor", "connect a LATENT output.")
-    if latent.ndim != 4 or latent.shape[1] != vae.latent_channels:
-        raise InvalidInputError(
-            f"latent of shape {tuple(latent.shape)} does not fit this VAE, which decodes [batch, {vae.latent_channels}, "
-            "height/8, width/8]; connect a LATENT from an SD1/SD2-family sampler or encoder."
-        )
-    check_batch(latent, "latent")
-    if latent.shape[2] == 0 or latent.shape[3] == 0:
-        raise InvalidInputError(
-            f"latent of shape {tuple(latent.shape)} is {latent.shape[2]}×{latent.shape[3]}: it holds no pixels to decode; "
-            "give EmptyLatentImage a width and height of at least 8."
-        )
+    with about("latent"):
+        latent = check_tensor(latent, "latent", "a [batch, 4, height/8, width/8] tensor", "give a raw (unscaled) VAE latent.")
+        if latent.ndim != 4 or latent.shape[1] != vae.latent_channels:
+            raise InvalidInputError(
+                f"latent of shape {tuple(latent.shape)} does not fit this VAE, which decodes [batch, "
+                f"{vae.latent_channels}, height/8, width/8]; give the latent of an SD1/SD2-family sampler or encoder."
+            )
+        check_batch(latent, "latent")
+        if latent.shape[2] == 0 or latent.shape[3] == 0:
+            raise InvalidInputError(
+                f"latent of shape {tuple(latent.shape)} is {latent.shape[2]}×{latent.shape[3]}: it holds no pixels to "
+                "decode; give it a height and width of at least 1 (an image of at least 8×8 pixels)."
+            )
     _check_memory(vae, latent.shape[0], latent.shape[2], latent.shape[3], decode=True)
-    check_finite(latent, "latent", "it came from a sampler or node that diverged; lower cfg, or re-encode the image.")
+    with about("latent"):
+        check_finite(latent, "latent", "the sampler that made it diverged; lower cfg, or re-encode the image.")
     with torch.inference_mode():
         pixels = vae.module.decode(_vae_input(vae, latent)).sample
     check_finite(pixels, f"the VAE's {str(vae.dtype).removeprefix('torch.')} output", OUTPUT_FIX)
@@ -108,7 +114,7 @@ def _check_memory(vae: VAE, batch: int, h: int, w: int, *, decode: bool) -> None
     dtype = str(vae.dtype).removeprefix("torch.")
     what = f"{'decoding' if decode else 'encoding'} {batch} image(s) of {W}×{H} pixels with the VAE in {dtype}"
     fix = (
-        "use a smaller size or batch, or decode in tiles (ComfyUI's VAE Decode (Tiled) with the model's VAE loaded by VAELoader)."
+        "use a smaller size or batch, or decode fewer images at once."
         if decode
         else "use a smaller image (downscale it first) or encode fewer at once."
     )

@@ -9,6 +9,7 @@ from ..altdiff_core import (
     DTYPES,
     AltDiffusionError,
     ModelFolders,
+    NotAltDiffusionError,
     hub_models,
     list_model_names,
     load_model,
@@ -28,6 +29,9 @@ MODEL_CACHE: ModelCache[tuple] = ModelCache(capacity=1)
 the same parts (inside ComfyUI the same MODEL, CLIP and VAE) instead of a second copy read from disk. ComfyUI's
 "Unload Models" empties it (``comfy_seam.on_unload_all``)."""
 comfy_seam.on_unload_all(MODEL_CACHE.clear)
+
+OTHER_MODEL_HINT = "In ComfyUI, load it with Load Checkpoint (CheckpointLoaderSimple), or DiffusersLoader for a folder."
+"""Added to the engine's ``NotAltDiffusionError`` (an SD/SDXL model picked by mistake): the stock loaders take it."""
 
 
 def model_folders() -> ModelFolders:
@@ -138,8 +142,11 @@ class AltDiffusionLoader:
         key = (str(path), disk_signature(path), model_dtype, vae, str(device))
 
         def load() -> tuple:
-            loaded = load_model(path, device=comfy_seam.load_device(), dtype=model_dtype, vae_dtype=vae,
-                                tokenizer_folders=search)  # fmt: skip
+            try:
+                loaded = load_model(path, device=comfy_seam.load_device(), dtype=model_dtype, vae_dtype=vae,
+                                    tokenizer_folders=search)  # fmt: skip
+            except NotAltDiffusionError as err:
+                raise NotAltDiffusionError(f"{err} {OTHER_MODEL_HINT}").with_traceback(err.__traceback__) from None
             info = loaded.describe()  # the engine has logged it, with the load time
             if comfy_seam.IN_COMFYUI:
                 return (*comfy_seam.native_parts(loaded), info)

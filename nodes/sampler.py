@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..altdiff_core import SAMPLERS, SCHEDULERS, DiffusionModel, check_context_width, sample_latent
 from . import comfy_seam, sockets
-from .sampler_inputs import latent_arguments, socket_hints, to_cond_entries
+from .sampler_inputs import SOCKET_HINTS, latent_arguments, to_cond_entries
 
 SEED_OPTIONS = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}
 
@@ -53,7 +53,7 @@ def _run(model, latent_image: dict, steps: int, *, positive, negative, **kwargs)
             disable_noise=not kwargs.get("add_noise", True), start_step=kwargs.get("start_at_step"),
             last_step=kwargs.get("end_at_step"), force_full_denoise=kwargs.get("force_full_denoise", False),
         )  # fmt: skip
-    with socket_hints():
+    with sockets.socket_hints(SOCKET_HINTS):
         out = sample_latent(
             model,
             to_cond_entries(positive, "positive"),

@@ -9,17 +9,17 @@
 
 Only what the engine never sees is checked here: the payloads' structure (a list of [context, dict] pairs, a dict
 whose ``samples`` and ``noise_mask`` are tensors) and options its sampler cannot honour. The engine checks the values
-once, in its own terms, and ``socket_hints`` adds to its message which socket and which ComfyUI node fix them.
+once, in its own terms, and ``sockets.socket_hints(SOCKET_HINTS)`` adds to its message which socket and which ComfyUI
+node fix them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 
-from ..altdiff_core import CondEntry, InvalidInputError, SamplerInputError, check_tensor
+from ..altdiff_core import CondEntry, InvalidInputError, check_tensor
 
 UNSUPPORTED_COND_KEYS = {
     "area": "area conditioning (ConditioningSetArea)",
@@ -105,12 +105,3 @@ def latent_arguments(latent_image: dict) -> dict:
     if mask is not None:
         check_tensor(mask, "noise_mask", "a MASK tensor [batch, height, width]", "connect a MASK output.")
     return {"latent": samples, "noise_mask": mask, "batch_index": latent_image.get("batch_index")}
-
-
-@contextmanager
-def socket_hints() -> Iterator[None]:
-    """Re-raise the engine's ``SamplerInputError`` with what to do in the graph (``SOCKET_HINTS``) added."""
-    try:
-        yield
-    except SamplerInputError as err:
-        raise InvalidInputError(f"{err} {SOCKET_HINTS[err.argument]}").with_traceback(err.__traceback__) from None

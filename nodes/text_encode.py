@@ -7,6 +7,9 @@ import dataclasses
 from ..altdiff_core import TextEncoder, check_layer, encode_prompt
 from . import comfy_seam, sockets
 
+TEXT_HINTS = {"prompt": "Connect text to a node that outputs STRING, or type the prompt into the node."}
+"""What to do in the graph about an ``encode_prompt`` input error."""
+
 
 class AltDiffusionTextEncode:
     DESCRIPTION = (
@@ -41,7 +44,8 @@ class AltDiffusionTextEncode:
     def encode(self, text: str, text_encoder):
         if not isinstance(text_encoder, TextEncoder):  # inside ComfyUI: its own CLIP (see the loader)
             return comfy_seam.native_ops.encode_text(text_encoder, text)
-        cond, pooled = encode_prompt(text_encoder, text)
+        with sockets.socket_hints(TEXT_HINTS):
+            cond, pooled = encode_prompt(text_encoder, text)
         return ([[cond, {"pooled_output": pooled}]],)
 
 

@@ -5,6 +5,15 @@ from __future__ import annotations
 from ..altdiff_core import VAE, decode_latent, encode_image
 from . import comfy_seam, sockets
 
+ENCODE_HINTS = {"image": "Connect pixels to a Load Image or another node that outputs IMAGE."}
+"""What to do in the graph about an ``encode_image`` input error."""
+
+DECODE_HINTS = {
+    "latent": "Connect samples to a sampler's or a VAE Encode's LATENT; an Empty Latent Image needs a width and "
+    "height of at least 8."
+}
+"""What to do in the graph about a ``decode_latent`` input error."""
+
 
 class AltDiffusionVAEEncode:
     DESCRIPTION = (
@@ -28,7 +37,8 @@ class AltDiffusionVAEEncode:
     def encode(self, pixels, vae):
         if not isinstance(vae, VAE):  # inside ComfyUI: its own VAE (see the loader)
             return comfy_seam.native_ops.vae_encode(vae, pixels)
-        return ({"samples": encode_image(vae, pixels)},)
+        with sockets.socket_hints(ENCODE_HINTS):
+            return ({"samples": encode_image(vae, pixels)},)
 
 
 class AltDiffusionVAEDecode:
@@ -50,4 +60,5 @@ class AltDiffusionVAEDecode:
     def decode(self, samples, vae):
         if not isinstance(vae, VAE):  # inside ComfyUI: its own VAE (see the loader)
             return comfy_seam.native_ops.vae_decode(vae, samples)
-        return (decode_latent(vae, samples["samples"]),)
+        with sockets.socket_hints(DECODE_HINTS):
+            return (decode_latent(vae, samples["samples"]),)

@@ -28,7 +28,7 @@ def test_stable_diffusion_clip_folder_is_not_altdiffusion(core, sd_clip_folder):
     with pytest.raises(core.NotAltDiffusionError) as err:
         core.load_folder(sd_clip_folder)
     message = str(err.value)
-    assert "CLIP" in message and "not AltDiffusion" in message and "CheckpointLoaderSimple" in message
+    assert "CLIP" in message and "not AltDiffusion" in message and "loader for that model family" in message
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ nodes' one way into the engine, ``altdiff_core.__all__``."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,87 @@ def test_nodes_import_only_what_the_engine_exports(pack):
     exported = set(pack.altdiff_core.__all__)
     assert all(hasattr(pack.altdiff_core, name) for name in exported)
     assert engine_imports_past_all(ROOT, exported) == []
+
+
+FRONT_END_WORDS = re.compile(
+    r"\bconnect\b|\bsocket|\bwidget|\b(IMAGE|LATENT|STRING|CONDITIONING|MASK)\b|EmptyLatentImage|Empty Latent Image|"
+    r"LoadImage|Load Image|CheckpointLoaderSimple|Load Checkpoint|DiffusersLoader|VAELoader|UNETLoader|KSampler|"
+    r"VAE (En|De)code"
+)
+"""ComfyUI's vocabulary for a graph: its verbs, socket types and node names."""
+
+
+def front_end_words_in_engine_errors(root: Path) -> list[str]:
+    """``file:line word`` for each of ``FRONT_END_WORDS`` in the text of a ``raise`` in ``altdiff_core``."""
+    found = []
+    for path in sorted((root / "altdiff_core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                parts = (c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+                found += [f"{path.name}:{node.lineno} {m.group()}" for m in FRONT_END_WORDS.finditer("".join(parts))]
+    return found
+
+
+def test_engine_errors_speak_of_arguments_not_of_the_graph(tmp_path):
+    """The engine also runs headless (``python . --prompt``), where "connect a LoadImage" means nothing: its messages
+    name arguments, shapes and files, and the nodes add the socket and the ComfyUI node that fix them
+    (``nodes/sockets.socket_hints``). The scan itself is checked on a planted message."""
+    assert front_end_words_in_engine_errors(ROOT) == []
+    planted = tmp_path / "altdiff_core" / "planted.py"
+    planted.parent.mkdir()
+    planted.write_text('raise ValueError(f"latent {x} is empty; " "connect an EmptyLatentImage.")\n', encoding="utf-8")
+    assert front_end_words_in_engine_errors(tmp_path) == ["planted.py:1 connect", "planted.py:1 EmptyLatentImage"]
+
+
+NODE_HINT_CASES = [  # (engine call, node call, argument, the engine's message, the node's addition)
+    (
+        lambda core, pack, m9: core.encode_image(m9.vae, "picture.png"),
+        lambda core, pack, m9: pack.nodes.vae.AltDiffusionVAEEncode().encode("picture.png", m9.vae),
+        "image",
+        r"image is a str, not a \[batch, height, width, 3\] float tensor",
+        "Connect pixels to a Load Image",
+    ),
+    (
+        lambda core, pack, m9: core.encode_image(m9.vae, torch.zeros(1, 4, 4, 3)),
+        lambda core, pack, m9: pack.nodes.vae.AltDiffusionVAEEncode().encode(torch.zeros(1, 4, 4, 3), m9.vae),
+        "image",
+        "smaller than one 8×8 latent cell",
+        "Connect pixels to a Load Image",
+    ),
+    (
+        lambda core, pack, m9: core.decode_latent(m9.vae, torch.zeros(1, 4, 0, 8)),
+        lambda core, pack, m9: pack.nodes.vae.AltDiffusionVAEDecode().decode({"samples": torch.zeros(1, 4, 0, 8)}, m9.vae),
+        "latent",
+        "holds no pixels to decode",
+        "an Empty Latent Image needs a width and height of at least 8",
+    ),
+    (
+        lambda core, pack, m9: core.encode_prompt(m9.text_encoder, 42),
+        lambda core, pack, m9: pack.nodes.text_encode.AltDiffusionTextEncode().encode(42, m9.text_encoder),
+        "prompt",
+        r"prompt is a int, not text \(a str\)",
+        "Connect text to a node that outputs STRING",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", NODE_HINT_CASES, ids=["image-type", "image-size", "latent-size", "prompt-type"])
+def test_stage_errors_name_the_argument_and_the_nodes_add_the_socket(core, pack, m9, case):
+    """An engine stage's bad input raises ``StageInputError`` naming the argument, in engine terms; its node re-raises
+    it with the socket to fix and the ComfyUI node that feeds it."""
+    engine, node, argument, message, hint = case
+    with pytest.raises(core.StageInputError, match=message) as err:
+        engine(core, pack, m9)
+    assert err.value.argument == argument and hint not in str(err.value)
+    with pytest.raises(core.StageInputError, match=f"{message}.*{hint}") as err:
+        node(core, pack, m9)
+    assert err.value.argument == argument
+
+
+def test_the_loader_node_names_comfyuis_loaders_for_another_model(core, pack, sd_clip_folder):
+    """The engine says an SD model is not AltDiffusion; the loader node adds which stock ComfyUI loaders take it."""
+    with pytest.raises(core.NotAltDiffusionError) as err:
+        core.load_folder(sd_clip_folder)
+    assert "not AltDiffusion" in str(err.value) and "CheckpointLoaderSimple" not in str(err.value)
+    with pytest.raises(core.NotAltDiffusionError, match="not AltDiffusion.*CheckpointLoaderSimple.*DiffusersLoader"):
+        pack.nodes.loader.AltDiffusionLoader.load_path(sd_clip_folder, "fp32")
