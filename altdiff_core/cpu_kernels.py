@@ -3,7 +3,9 @@
 
 **``OneDnnLinear``** (every plain ``nn.Linear``): fp32 and bf16 linears go to oneDNN's matrix multiply
 (``torch.ops.mkldnn._linear_pointwise``, the op torch's compiler emits for CPU linears) instead of MKL's ``sgemm``,
-which ``F.linear`` uses in fp32 and which ran the UNet's shapes at 0.45–0.96 of oneDNN's rate on an AVX512 EPYC.
+which ``F.linear`` uses in fp32 — unless this machine's timing probe (``onednn_is_faster``) finds oneDNN slower. The
+gap depends on the CPU: oneDNN took 0.45× MKL's time in fp32 on an AVX512 EPYC, 0.85–1.03× under AVX2 caps, and was
+slower at some shapes on an AVX2-only EPYC, so no one rule holds everywhere.
 **``SmallImageConv2d``** (the UNet's deep 3×3 convolutions over at most 8×8 pixels): oneDNN's convolution is slow
 there; unfold + one matrix multiply runs at the multiply's rate. Both keep the parameters and keys of the layer they
 replace, fall back to it on any input their rule does not cover, and differ from it by summation order only (1.4e-6
@@ -12,6 +14,9 @@ over a whole fp32 UNet call). The measurements: ``bench/reports/cpu-2core-2026-1
 
 from __future__ import annotations
 
+import functools
+import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -20,12 +25,25 @@ from torch import nn
 
 from .compat import onednn_linear_op  # looked up in this module at each call, so a test can swap it here
 
+logger = logging.getLogger(__name__)
+
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 """Dtypes ``cpu_linear`` sends to oneDNN on the CPU (fp16 matrix multiplies on a CPU stay with ``F.linear``)."""
 
 CPU_DEVICE_TYPES = ("cpu", "meta")
 """Devices ``use_cpu_kernels`` swaps layers for: the CPU, and the meta device (a model built without memory, e.g. to
 be inspected, computes nowhere yet)."""
+
+PROBE_SHAPE = (1024, 640, 640)
+"""(rows, in, out) of the linear ``onednn_is_faster`` times: the UNet's attention projections at 32×32 latent pixels
+(a 256² image's top level, a 512² image's second); 0.84 GFLOP, a few milliseconds per call."""
+
+PROBE_ROUNDS = 3
+"""Interleaved timings per kernel; the fastest of each counts (a busy neighbour only ever adds time)."""
+
+SLOWER_BY = 1.10
+"""oneDNN is given up only when its time is above this × MKL's: the two are within a few percent on many CPUs, and a
+choice that flipped with the noise of one probe would make the same seed compute differently from run to run."""
 
 MIN_CHANNELS = 1280
 """Fewest input channels for the matrix-multiply form (640 channels at 8×8: oneDNN is faster, 191 against 147)."""
@@ -37,7 +55,8 @@ MAX_PIXELS = 64
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``cpu_linear`` gives ``x @ weight.T + bias`` to oneDNN: CPU tensors of one dtype in ``ONEDNN_DTYPES``
     whose probe passed on this machine (``onednn_linear_op``), a contiguous weight, no autograd (the op has no
-    backward), and oneDNN not switched off (``torch.backends.mkldnn.flags(enabled=False)``)."""
+    backward), oneDNN not switched off (``torch.backends.mkldnn.flags(enabled=False)``) and not slower here than
+    ``F.linear`` (``onednn_is_faster``)."""
     return (
         x.device.type == "cpu"
         and x.dim() >= 2
@@ -48,7 +67,44 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and torch.backends.mkldnn.enabled
         and onednn_linear_op(x.dtype) is not None
+        and onednn_is_faster(x.dtype)
     )
+
+
+@functools.cache
+def onednn_is_faster(dtype: torch.dtype) -> bool:
+    """Whether ``cpu_linear`` keeps oneDNN for ``dtype`` on this machine: False only when the probe (``time_linears``,
+    once per process and dtype, ~30 ms) finds it more than ``SLOWER_BY`` × slower than ``F.linear``."""
+    op = onednn_linear_op(dtype)
+    if op is None:
+        return False
+    onednn, mkl = time_linears(op, dtype)
+    keep = onednn <= SLOWER_BY * mkl
+    logger.info(
+        "CPU linear, %s: oneDNN %.2f ms, F.linear %.2f ms at %s; using %s",
+        str(dtype).removeprefix("torch."), onednn * 1e3, mkl * 1e3, "×".join(map(str, PROBE_SHAPE)),
+        "oneDNN" if keep else "F.linear",
+    )  # fmt: skip
+    return keep
+
+
+def time_linears(op: Callable[..., torch.Tensor], dtype: torch.dtype) -> tuple[float, float]:
+    """Seconds of (oneDNN's ``op``, ``F.linear``) on a ``PROBE_SHAPE`` linear in ``dtype``: each one's fastest of
+    ``PROBE_ROUNDS`` interleaved calls, after one untimed call of each (oneDNN builds its kernel on the first)."""
+    rows, cin, cout = PROBE_SHAPE
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(shape, generator=g).to(dtype) for shape in ((rows, cin), (cout, cin), (cout,)))
+    kernels = (lambda: op(x, weight, bias, "none", [], ""), lambda: F.linear(x, weight, bias))
+    best = [float("inf")] * len(kernels)
+    with torch.no_grad():
+        for kernel in kernels:
+            kernel()
+        for _ in range(PROBE_ROUNDS):
+            for i, kernel in enumerate(kernels):
+                start = time.perf_counter()
+                kernel()
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best[0], best[1]
 
 
 def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -125,10 +125,13 @@ def test_only_eligible_layers_are_replaced_and_keep_their_parameters(kernels):
 
 
 @pytest.fixture
-def onednn(kernels):
-    """The oneDNN linear op; this suite's torch (requirements-dev.txt) has it, so a missing one is a failure here."""
+def onednn(kernels, monkeypatch):
+    """The oneDNN linear op; this suite's torch (requirements-dev.txt) has it, so a missing one is a failure here.
+    The speed probe is pinned to "keep oneDNN" so that these tests see the rest of the rule on any CPU (the probe's
+    own tests are below)."""
     op = kernels.onednn_linear_op()
     assert op is not None, f"torch {torch.__version__} has no usable torch.ops.mkldnn._linear_pointwise"
+    monkeypatch.setattr(kernels, "onednn_is_faster", lambda dtype: True)
     return op
 
 
@@ -225,10 +228,50 @@ def test_training_keeps_autograd(kernels, onednn):
 
 @pytest.fixture
 def fresh_probe(kernels):
-    """``onednn_linear_op`` probes once per process; these tests probe again, and leave a fresh cache behind."""
-    kernels.onednn_linear_op.cache_clear()
+    """``onednn_linear_op`` and ``onednn_is_faster`` probe once per process; these tests probe again, and leave fresh
+    caches behind."""
+    for probe in (kernels.onednn_linear_op, kernels.onednn_is_faster):
+        probe.cache_clear()
     yield kernels.onednn_linear_op
-    kernels.onednn_linear_op.cache_clear()
+    for probe in (kernels.onednn_linear_op, kernels.onednn_is_faster):
+        probe.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("onednn_ms", "mkl_ms", "keep"),
+    [(4.5, 10.0, True), (10.5, 10.0, True), (11.5, 10.0, False)],
+    ids=["faster", "slower-within-margin", "clearly-slower"],
+)
+def test_the_speed_probe_gives_up_onednn_only_where_it_is_clearly_slower(
+    kernels, fresh_probe, monkeypatch, onednn_ms, mkl_ms, keep
+):
+    """The probe's timings decide, once per dtype: oneDNN stays unless it took over ``SLOWER_BY`` × F.linear's time
+    (on an AVX2-only EPYC it did at some shapes); when it goes, the layers compute with ``F.linear``'s own values."""
+    timed = []
+    monkeypatch.setattr(kernels, "time_linears", lambda op, dtype: timed.append(dtype) or (onednn_ms / 1e3, mkl_ms / 1e3))
+    layer = kernels.OneDnnLinear(16, 8)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        for _ in range(3):
+            assert kernels.uses_onednn(x, layer.weight, layer.bias) is keep
+        if not keep:
+            assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert timed == [torch.float32]
+
+
+def test_the_speed_probe_times_both_kernels_on_the_probe_shape(kernels, monkeypatch):
+    """``time_linears`` runs oneDNN's op (once to build its kernel, then each round) and ``F.linear`` as often, on
+    ``PROBE_SHAPE``, and returns two positive times."""
+    op = kernels.onednn_linear_op()
+    assert op is not None
+    shapes, linear_calls = [], []
+    real_linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a: linear_calls.append(1) or real_linear(*a))
+    spy = lambda x, w, b, *rest: shapes.append((*x.shape, w.shape[0])) or op(x, w, b, *rest)  # noqa: E731
+    onednn, mkl = kernels.time_linears(spy, torch.float32)
+    rows, cin, cout = kernels.PROBE_SHAPE
+    assert shapes == [(rows, cin, cout)] * (1 + kernels.PROBE_ROUNDS) and len(linear_calls) == 1 + kernels.PROBE_ROUNDS
+    assert 0 < onednn < 1 and 0 < mkl < 1
 
 
 def test_no_onednn_means_f_linear(kernels, fresh_probe, monkeypatch):
