@@ -194,11 +194,18 @@ def _gaps(stamps: list[float]) -> list[float]:
 # ----------------------------------------------------------------------------------------------- server peers
 
 
-def _sampler_inputs(model, positive, negative, size: int, steps: int) -> dict:
+def _sample_and_save(size: int, steps: int) -> dict:
+    """The nodes after the loader ``L`` and the conditionings ``P``/``N``: an empty latent, KSampler at the bench's
+    settings, SaveLatent."""
+    sys.path.insert(0, str(ROOT / "tests"))  # imported here: this file also runs as a custom node, away from tests/
+    from graphs import empty_latent, ksampler, save_latent
+
+    settings = {"seed": SEED, "steps": steps, "cfg": CFG, "sampler_name": SAMPLER, "scheduler": SCHEDULER, "denoise": 1.0}
     return {
-        "model": model, "seed": SEED, "steps": steps, "cfg": CFG, "sampler_name": SAMPLER, "scheduler": SCHEDULER,
-        "positive": positive, "negative": negative, "latent_image": ["E", 0], "denoise": 1.0,
-    }  # fmt: skip
+        "E": empty_latent(size),
+        "K": ksampler(("L", 0), ("P", 0), ("N", 0), ("E", 0), **settings),
+        "S": save_latent(("K", 0), "native_bench"),
+    }
 
 
 def graph_native(size: int, steps: int, dtype: str) -> dict:
@@ -206,9 +213,7 @@ def graph_native(size: int, steps: int, dtype: str) -> dict:
         "L": {"class_type": "AltDiffusionCheckpointLoader", "inputs": {"model_name": MODEL, "dtype": dtype}},
         "P": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["L", 1]}},
         "N": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["L", 1]}},
-        "E": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "K": {"class_type": "KSampler", "inputs": _sampler_inputs(["L", 0], ["P", 0], ["N", 0], size, steps)},
-        "S": {"class_type": "SaveLatent", "inputs": {"samples": ["K", 0], "filename_prefix": "native_bench"}},
+        **_sample_and_save(size, steps),
     }
 
 
@@ -217,9 +222,7 @@ def graph_unetloader(size: int, steps: int, dtype: str) -> dict:
         "L": {"class_type": "UNETLoader", "inputs": {"unet_name": UNET_FILE, "weight_dtype": "default"}},
         "P": {"class_type": "NativeBenchConditioning", "inputs": {"seed": 1, "width": 768}},
         "N": {"class_type": "NativeBenchConditioning", "inputs": {"seed": 2, "width": 768}},
-        "E": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "K": {"class_type": "KSampler", "inputs": _sampler_inputs(["L", 0], ["P", 0], ["N", 0], size, steps)},
-        "S": {"class_type": "SaveLatent", "inputs": {"samples": ["K", 0], "filename_prefix": "native_bench"}},
+        **_sample_and_save(size, steps),
     }
 
 

@@ -450,6 +450,9 @@ WORKERS = {"ours": worker_ours, "diffusers": worker_diffusers, "floor": worker_f
 def server_graph(peer: str, dtype: str, args) -> tuple[dict, list[str], dict]:
     """(graph, extra ComfyUI arguments, model folders) of a server peer: ``native_bench``'s graph on this model, with
     this benchmark's sampler, then ``VAEDecode`` and img2img (``VAEEncode`` → ``KSampler`` → ``VAEDecode``)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from graphs import ksampler, node, vae_decode, vae_encode, vae_loader
+
     unet, vae_file = model_files(args.cache)
     where = argparse.Namespace(size=args.size, steps=args.steps, folder=args.model, unet=unet)
     graph, extra, paths = server_peer(SERVER_PEERS[peer], "fp32" if dtype == "fp32" else "auto", where)
@@ -457,22 +460,22 @@ def server_graph(peer: str, dtype: str, args) -> tuple[dict, list[str], dict]:
         graph["L"]["inputs"]["model_name"] = MODEL
         graph["L"]["inputs"]["dtype"] = dtype
         graph["P"]["inputs"]["text"], graph["N"]["inputs"]["text"] = PROMPT, NEGATIVE
-        vae = ["L", 2]
+        vae = ("L", 2)
     else:
         graph["L"]["inputs"]["unet_name"] = unet.name
-        graph["V"] = {"class_type": "VAELoader", "inputs": {"vae_name": vae_file.name}}
+        graph["V"] = vae_loader(vae_file.name)
         paths["vae"] = [vae_file.parent]
         extra += ["--fp32-vae"] if dtype == "fp32" else []
-        vae = ["V", 0]
-    graph["K"]["inputs"].update(sampler_name=SAMPLER, scheduler=SCHEDULER)
+        vae = ("V", 0)
     del graph["S"]  # native_bench's SaveLatent
-    img2img = dict(graph["K"]["inputs"], latent_image=["I", 0], denoise=IMG2IMG_DENOISE)
+    settings = {"seed": SEED, "steps": args.steps, "cfg": CFG, "sampler_name": SAMPLER, "scheduler": SCHEDULER, "denoise": 1.0}
     graph |= {
-        "D": {"class_type": "VAEDecode", "inputs": {"samples": ["K", 0], "vae": vae}},
-        "I": {"class_type": "VAEEncode", "inputs": {"pixels": ["D", 0], "vae": vae}},
-        "K2": {"class_type": "KSampler", "inputs": img2img},
-        "D2": {"class_type": "VAEDecode", "inputs": {"samples": ["K2", 0], "vae": vae}},
-        "S": {"class_type": "PreviewImage", "inputs": {"images": ["D2", 0]}},
+        "K": ksampler(("L", 0), ("P", 0), ("N", 0), ("E", 0), **settings),  # in native_bench's place: this bench's settings
+        "D": vae_decode(("K", 0), vae),
+        "I": vae_encode(("D", 0), vae),
+        "K2": ksampler(("L", 0), ("P", 0), ("N", 0), ("I", 0), **(settings | {"denoise": IMG2IMG_DENOISE})),
+        "D2": vae_decode(("K2", 0), vae),
+        "S": node("PreviewImage", images=("D2", 0)),
     }
     return graph, extra, paths
 

@@ -23,6 +23,7 @@ from comfy_server import (
     comfyui_source,
     ui_to_api,
 )
+from graphs import empty_latent, ksampler, save_image, vae_decode
 
 logger = logging.getLogger(__name__)
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -146,28 +147,16 @@ def _strip_meta(prompt: dict) -> dict:
 
 def test_ui_to_api_converts_core_workflow(object_info):
     prompt = ui_to_api(_ui_workflow(), object_info)
+    # KSampler's widget values as node 3 holds them, each given (none left to the builder's defaults); steps is linked
+    widgets = {"seed": 42, "steps": ("11", 0), "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
     assert _strip_meta(prompt) == {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "5": empty_latent(512),
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red bottle", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "watermark", "clip": ["4", 1]}},
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["4", 0],
-                "seed": 42,
-                "steps": ["11", 0],
-                "cfg": 7.5,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-                "denoise": 1.0,
-            },
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "altdiff"}},
+        "3": ksampler(("4", 0), ("6", 0), ("7", 0), ("5", 0), **widgets),
+        "8": vae_decode(("3", 0), ("4", 2)),
+        "9": save_image(("8", 0), "altdiff"),
         "11": {"class_type": "PrimitiveInt", "inputs": {"value": 7}},
     }
     assert prompt["6"]["_meta"]["title"] == "Positive"
@@ -221,7 +210,7 @@ def test_trivial_prompt_runs_end_to_end(server):
     prompt = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0xFF8000}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "harness/trivial"}},
+        "3": save_image(("2", 0), "harness/trivial"),
     }
     t0 = time.monotonic()
     result = server.run(prompt, timeout=120)

@@ -17,7 +17,19 @@ import pytest
 import torch
 from comfy_server import PromptRejectedError, ui_to_api
 from factories import controlnet_state_dict, text_encoder_lora, write_lora
-from graphs import sampler_node
+from graphs import (
+    base_graph,
+    empty_latent,
+    encode,
+    ksampler,
+    loader,
+    sampler,
+    save_image,
+    save_latent,
+    unet_loader,
+    vae_decode,
+    vae_loader,
+)
 from safetensors.torch import load, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,35 +39,7 @@ NODE_IDS = list(sys.modules["comfyui_altdiffusion"].nodes.NODE_CLASS_MAPPINGS)  
 pytestmark = pytest.mark.comfyui
 
 
-# ----------------------------------------------------------------------------------------------- graph building
-
-
-def loader(model="AltDiffusion-m9"):
-    return {"class_type": "AltDiffusionLoader", "inputs": {"model_name": model, "dtype": "auto"}}
-
-
-def encode(text, loader_id="L"):
-    return {"class_type": "AltDiffusionTextEncode", "inputs": {"text": text, "text_encoder": [loader_id, 1]}}
-
-
-def sampler(latent, positive=("P", 0), negative=("N", 0), model=("L", 0), **overrides):
-    return sampler_node("AltDiffusionSampler", model, positive, negative, latent, **overrides)
-
-
-def empty_latent(size=64, batch=1):
-    return {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}}
-
-
-def save_latent(latent, prefix):
-    return {"class_type": "SaveLatent", "inputs": {"samples": list(latent), "filename_prefix": prefix}}
-
-
-def save_image(images, prefix="altdiff_test"):
-    return {"class_type": "SaveImage", "inputs": {"images": list(images), "filename_prefix": prefix}}
-
-
-def base_graph(positive="一只戴着帽子的猫", negative="模糊"):
-    return {"L": loader(), "P": encode(positive), "N": encode(negative), "E": empty_latent()}
+# ----------------------------------------------------------------------------------------------- running graphs
 
 
 def latents_of(comfy, result, node_id):
@@ -159,27 +143,10 @@ def test_our_conditioning_drives_ksampler_with_unetloader(comfy):
     graph = base_graph()
     graph.update(
         {
-            "U": {
-                "class_type": "UNETLoader",
-                "inputs": {"unet_name": "altdiffusion_m9_unet.safetensors", "weight_dtype": "default"},
-            },
-            "K": {
-                "class_type": "KSampler",
-                "inputs": {
-                    "model": ["U", 0],
-                    "seed": 1,
-                    "steps": 2,
-                    "cfg": 7.0,
-                    "sampler_name": "euler",
-                    "scheduler": "normal",
-                    "positive": ["P", 0],
-                    "negative": ["N", 0],
-                    "latent_image": ["E", 0],
-                    "denoise": 1.0,
-                },
-            },
-            "V": {"class_type": "VAELoader", "inputs": {"vae_name": "sd_vae.safetensors"}},
-            "D": {"class_type": "VAEDecode", "inputs": {"samples": ["K", 0], "vae": ["V", 0]}},
+            "U": unet_loader("altdiffusion_m9_unet.safetensors"),
+            "K": ksampler(("U", 0), ("P", 0), ("N", 0), ("E", 0), seed=1, steps=2, cfg=7.0),
+            "V": vae_loader("sd_vae.safetensors"),
+            "D": vae_decode(("K", 0), ("V", 0)),
             "S": save_image(["D", 0]),
             "SL": save_latent(["K", 0], "ksampler"),
         }
@@ -223,8 +190,8 @@ def test_loadimage_our_encode_our_sampler_comfy_vaedecode(comfy):
             "I": {"class_type": "LoadImage", "inputs": {"image": name}},
             "EN": {"class_type": "AltDiffusionVAEEncode", "inputs": {"pixels": ["I", 0], "vae": ["L", 2]}},
             "S1": sampler(["EN", 0], denoise=0.6),
-            "V": {"class_type": "VAELoader", "inputs": {"vae_name": "sd_vae.safetensors"}},
-            "D": {"class_type": "VAEDecode", "inputs": {"samples": ["S1", 0], "vae": ["V", 0]}},
+            "V": vae_loader("sd_vae.safetensors"),
+            "D": vae_decode(("S1", 0), ("V", 0)),
             "S": save_image(["D", 0]),
             "SL": save_latent(["S1", 0], "img2img"),
         }
@@ -337,8 +304,8 @@ def test_model_survives_another_models_graph_without_disk_reload(comfy, comfy_mo
 
     other = {
         "E": empty_latent(),
-        "V": {"class_type": "VAELoader", "inputs": {"vae_name": "sd_vae.safetensors"}},
-        "D": {"class_type": "VAEDecode", "inputs": {"samples": ["E", 0], "vae": ["V", 0]}},
+        "V": vae_loader("sd_vae.safetensors"),
+        "D": vae_decode(("E", 0), ("V", 0)),
         "I": save_image(["D", 0], "mm_other"),
     }
     run_ok(comfy, other)

@@ -5,32 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_comfyui import base_graph, encode, latents_of, run_ok, sampler, save_latent
+from graphs import base_graph, encode, ksampler, sampler, save_latent, unet_loader
+from test_comfyui import latents_of, run_ok
 
 pytestmark = pytest.mark.comfyui
 
 LONG = ", ".join(["a red cat", "一只戴着帽子的猫", "桜の木", "눈 내리는 밤", "قطة جميلة", "кошка на окне"] * 8)
 
 
-def ksampler(positive, negative=("N", 0), latent=("E", 0)):
-    return {
-        "class_type": "KSampler",
-        "inputs": {
-            "model": ["U", 0],
-            "seed": 5,
-            "steps": 2,
-            "cfg": 6.0,
-            "sampler_name": "euler",
-            "scheduler": "normal",
-            "positive": list(positive),
-            "negative": list(negative),
-            "latent_image": list(latent),
-            "denoise": 1.0,
-        },
-    }
+def stock_ksampler(positive, negative=("N", 0), latent=("E", 0)):
+    """KSampler on UNETLoader's model ``U``."""
+    return ksampler(("U", 0), positive, negative, latent, seed=5, steps=2, cfg=6.0)
 
 
-UNET = {"class_type": "UNETLoader", "inputs": {"unet_name": "altdiffusion_m9_unet.safetensors", "weight_dtype": "default"}}
+UNET = unet_loader("altdiffusion_m9_unet.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -48,7 +36,7 @@ def test_conditioning_nodes_into_stock_ksampler(comfy, node, inputs):
             "U": UNET,
             "P2": encode("(watercolor:1.2), soft light"),
             "C": {"class_type": node, "inputs": inputs},
-            "K": ksampler(("C", 0)),
+            "K": stock_ksampler(("C", 0)),
             "SL": save_latent(["K", 0], f"ks_{node}"),
         }
     )
@@ -61,7 +49,7 @@ def test_long_positive_short_negative_in_both_samplers(comfy):
     graph.update(
         {
             "U": UNET,
-            "K": ksampler(("P", 0)),
+            "K": stock_ksampler(("P", 0)),
             "S": sampler(["E", 0]),
             "SLK": save_latent(["K", 0], "long_ks"),
             "SLS": save_latent(["S", 0], "long_ours"),

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from graphs import empty_latent, encode, ksampler, loader, sampler, save_latent, unet_loader, vae_encode, vae_loader
 from test_comfyui import latents_of, run_ok
 
 TESTS = Path(__file__).resolve().parent
@@ -257,36 +258,27 @@ def parity_base(models: dict, positive="一只戴着帽子的猫", negative="模
     """Loaders (ours for the full-UNet folder, UNETLoader for the same UNet file; ``models`` is the ``parity_models``
     fixture), conditioning, an empty latent."""
     return {
-        "L": {"class_type": "AltDiffusionLoader", "inputs": {"model_name": models["model"], "dtype": "fp32"}},
-        "U": {"class_type": "UNETLoader", "inputs": {"unet_name": models["unet"], "weight_dtype": "default"}},
-        "P": {"class_type": "AltDiffusionTextEncode", "inputs": {"text": positive, "text_encoder": ["L", 1]}},
-        "N": {"class_type": "AltDiffusionTextEncode", "inputs": {"text": negative, "text_encoder": ["L", 1]}},
-        "E": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "L": loader(models["model"], dtype="fp32"),
+        "U": unet_loader(models["unet"]),
+        "P": encode(positive),
+        "N": encode(negative),
+        "E": empty_latent(size),
     }
 
 
-def sampler_inputs(latent, sampler_name, scheduler, *, seed=SEED, steps=STEPS, cfg=CFG, denoise=1.0,
-                   positive=("P", 0), negative=("N", 0)) -> dict:  # fmt: skip
-    return {
-        "seed": seed,
-        "steps": steps,
-        "cfg": cfg,
-        "sampler_name": sampler_name,
-        "scheduler": scheduler,
-        "positive": list(positive),
-        "negative": list(negative),
-        "latent_image": list(latent),
-        "denoise": denoise,
-    }
+def sampler_settings(sampler_name, scheduler, *, seed=SEED, steps=STEPS, cfg=CFG, denoise=1.0) -> dict:
+    """A sampler's inputs besides the links."""
+    return {"seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler, "denoise": denoise}
 
 
-def add_pair(graph: dict, tag: str, latent, sampler_name, scheduler, **kwargs) -> tuple[str, str]:
+def add_pair(graph: dict, tag: str, latent, sampler_name, scheduler, *, positive=("P", 0), negative=("N", 0),
+             **kwargs) -> tuple[str, str]:  # fmt: skip
     """KSampler (on UNETLoader's model) and ours with the same inputs, each into a SaveLatent; returns the two ids."""
-    inputs = sampler_inputs(latent, sampler_name, scheduler, **kwargs)
-    graph[f"K{tag}"] = {"class_type": "KSampler", "inputs": {"model": ["U", 0], **inputs}}
-    graph[f"A{tag}"] = {"class_type": "AltDiffusionSampler", "inputs": {"model": ["L", 0], **inputs}}
-    graph[f"SK{tag}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"K{tag}", 0], "filename_prefix": f"k_{tag}"}}
-    graph[f"SA{tag}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"A{tag}", 0], "filename_prefix": f"a_{tag}"}}
+    settings = sampler_settings(sampler_name, scheduler, **kwargs)
+    graph[f"K{tag}"] = ksampler(("U", 0), positive, negative, latent, **settings)
+    graph[f"A{tag}"] = sampler(latent, positive, negative, **settings)
+    graph[f"SK{tag}"] = save_latent((f"K{tag}", 0), f"k_{tag}")
+    graph[f"SA{tag}"] = save_latent((f"A{tag}", 0), f"a_{tag}")
     return f"SK{tag}", f"SA{tag}"
 
 
@@ -314,7 +306,7 @@ def advanced(ours: bool, latent, *, add_noise, start, end, leftover, sampler_nam
 
 
 def save(graph: dict, node: str) -> str:
-    graph[f"S{node}"] = {"class_type": "SaveLatent", "inputs": {"samples": [node, 0], "filename_prefix": node}}
+    graph[f"S{node}"] = save_latent((node, 0), node)
     return f"S{node}"
 
 
@@ -397,7 +389,7 @@ def test_server_bound_catches_wrong_results(comfy, parity_models):
     theirs, wrong_cfg = add_pair(graph, "0", ("E", 0), "euler", "karras")
     reordered = add_reordered(graph, "0")
     graph["A0"]["inputs"]["cfg"] = CFG - 0.5
-    graph["A1"] = {"class_type": "AltDiffusionSampler", "inputs": dict(graph["A0"]["inputs"], cfg=CFG, steps=STEPS + 1)}
+    graph["A1"] = sampler(("E", 0), **sampler_settings("euler", "karras", steps=STEPS + 1))
     wrong_steps = save(graph, "A1")
     result = run_ok(comfy, graph, timeout=900)
     for wrong in (wrong_cfg, wrong_steps):
@@ -422,7 +414,7 @@ def test_server_cfg_1_matches_ksampler(comfy, parity_models):
 def test_server_strength_weighted_combine_matches_ksampler(comfy, parity_models):
     """ConditioningCombine of two prompts, one at strength 3 (ConditioningSetAreaStrength): weighted as KSampler."""
     graph = parity_base(parity_models)
-    graph["P2"] = {"class_type": "AltDiffusionTextEncode", "inputs": {"text": "watercolor, soft light", "text_encoder": ["L", 1]}}
+    graph["P2"] = encode("watercolor, soft light")
     graph["ST"] = {"class_type": "ConditioningSetAreaStrength", "inputs": {"conditioning": ["P2", 0], "strength": 3.0}}
     graph["C"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["P", 0], "conditioning_2": ["ST", 0]}}
     theirs, ours = add_pair(graph, "0", ("E", 0), "euler", "normal", positive=("C", 0))
@@ -441,8 +433,8 @@ def test_server_img2img_inpaint_batch_index_match_ksampler(comfy, parity_models)
     graph.update(
         {
             "I": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 2, "color": 0x3080C0}},
-            "V": {"class_type": "VAELoader", "inputs": {"vae_name": "sd_vae.safetensors"}},
-            "EN": {"class_type": "VAEEncode", "inputs": {"pixels": ["I", 0], "vae": ["V", 0]}},
+            "V": vae_loader("sd_vae.safetensors"),
+            "EN": vae_encode(("I", 0), ("V", 0)),
             "FB": {"class_type": "LatentFromBatch", "inputs": {"samples": ["EN", 0], "batch_index": 1, "length": 1}},
             "RB": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["FB", 0], "amount": 2}},
             "M0": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": SIZE, "height": SIZE}},
@@ -487,13 +479,12 @@ def test_server_previews_during_our_samplers(comfy):
     """The server runs with ``--preview-method latent2rgb`` (see ``conftest.comfy``): each step of our samplers sends a
     preview frame, as KSampler's do (ComfyUI's previewer on the scaled x0), next to the progress events."""
     graph = {
-        "L": {"class_type": "AltDiffusionLoader", "inputs": {"model_name": "AltDiffusion-m9", "dtype": "auto"}},
-        "P": {"class_type": "AltDiffusionTextEncode", "inputs": {"text": "一只猫", "text_encoder": ["L", 1]}},
-        "N": {"class_type": "AltDiffusionTextEncode", "inputs": {"text": "", "text_encoder": ["L", 1]}},
-        "E": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
-        "S": {"class_type": "AltDiffusionSampler", "inputs": {"model": ["L", 0]}},
-    }  # fmt: skip
-    graph["S"]["inputs"].update(sampler_inputs(("E", 0), "euler", "normal", steps=3))
+        "L": loader(),
+        "P": encode("一只猫"),
+        "N": encode(""),
+        "E": empty_latent(SIZE),
+        "S": sampler(("E", 0), **sampler_settings("euler", "normal", steps=3)),
+    }
     graph["A"] = advanced(True, ("S", 0), add_noise=True, start=1, end=3, leftover=False, steps=4)
     save(graph, "A")
     result = run_ok(comfy, graph)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import uuid
 
+import graphs
 import pytest
 import torch
 from factories import controlnet_state_dict, write_altdiffusion_folder, write_component_file
-from graphs import sampler_node
 from safetensors.torch import load, save_file
 
 pytestmark = pytest.mark.comfyui
@@ -46,11 +46,12 @@ def text(prompt: str, clip=("L", 1)) -> dict:
 
 
 def ksampler(model=("L", 0), positive=("P", 0), negative=("N", 0), latent=("E", 0), **overrides) -> dict:
-    return sampler_node("KSampler", model, positive, negative, latent, **overrides)
+    """KSampler wired to ``base_graph``'s nodes unless told otherwise."""
+    return graphs.ksampler(model, positive, negative, latent, **overrides)
 
 
 def ksampler_advanced(latent, start: int, end: int, add_noise: bool, leftover: bool, steps: int = 3) -> dict:
-    node = sampler_node("KSamplerAdvanced", ("L", 0), ("P", 0), ("N", 0), latent, steps=steps)
+    node = graphs.sampler_node("KSamplerAdvanced", ("L", 0), ("P", 0), ("N", 0), latent, steps=steps)
     seed = node["inputs"].pop("seed")
     del node["inputs"]["denoise"]
     node["inputs"] |= {"add_noise": "enable" if add_noise else "disable", "noise_seed": seed, "start_at_step": start,
@@ -63,20 +64,12 @@ def base_graph(model: str) -> dict:
         "L": checkpoint(model),
         "P": text(PROMPT),
         "N": text(NEGATIVE),
-        "E": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "E": graphs.empty_latent(),
     }
 
 
 def solid_mask(value: float, width: int = 64, height: int = 64) -> dict:
     return {"class_type": "SolidMask", "inputs": {"value": value, "width": width, "height": height}}
-
-
-def decode(latent, vae=("L", 2)) -> dict:
-    return {"class_type": "VAEDecode", "inputs": {"samples": list(latent), "vae": list(vae)}}
-
-
-def save_image(images) -> dict:
-    return {"class_type": "SaveImage", "inputs": {"images": list(images), "filename_prefix": "native_test"}}
 
 
 def run_latents(comfy, graph: dict, **saved) -> tuple[dict[str, torch.Tensor], object]:
@@ -87,10 +80,7 @@ def run_latents(comfy, graph: dict, **saved) -> tuple[dict[str, torch.Tensor], o
     tag = uuid.uuid4().hex[:8]
     graph = dict(graph)
     for name, source in saved.items():
-        graph[f"save_{name}"] = {
-            "class_type": "SaveLatent",
-            "inputs": {"samples": list(source), "filename_prefix": f"native_{tag}_{name}"},
-        }
+        graph[f"save_{name}"] = graphs.save_latent(source, f"native_{tag}_{name}")
     result = comfy.run(graph, timeout=600)
     assert result.status_str == "success", (result.error, comfy.log_tail())
     # ComfyUI runs the outputs that pass validation and drops the others with only a log line: insist on all.
@@ -127,8 +117,8 @@ def txt2img(request, comfy):
     graph = base_graph(request.param)
     graph |= {
         "K": ksampler(),
-        "D": decode(("K", 0)),
-        "S": save_image(("D", 0)),
+        "D": graphs.vae_decode(("K", 0), ("L", 2)),
+        "S": graphs.save_image(("D", 0), "native_test"),
         "P2": text("a red bicycle on a beach"),
         "K2": ksampler(positive=("P2", 0)),
         "A1": ksampler_advanced(("E", 0), 0, 1, add_noise=True, leftover=True),
@@ -255,8 +245,8 @@ def test_vae_encode_for_inpaint_keeps_the_unmasked_latent(comfy):
             "inputs": {"pixels": ["I", 0], "vae": ["L", 2], "mask": ["Mask", 0], "grow_mask_by": 6},
         },
         "K": ksampler(latent=("V", 0)),
-        "D": decode(("K", 0)),
-        "S": save_image(("D", 0)),
+        "D": graphs.vae_decode(("K", 0), ("L", 2)),
+        "S": graphs.save_image(("D", 0), "native_test"),
     }
     latents, result = run_latents(comfy, graph, encoded=("V", 0), sampled=("K", 0))
     (image,) = result.images("S")
@@ -276,8 +266,8 @@ def test_hires_fix_upscales_by_one_and_a_half(comfy):
             "inputs": {"samples": ["K", 0], "upscale_method": "nearest-exact", "scale_by": 1.5},
         },
         "K2": ksampler(latent=("U", 0), steps=2, denoise=0.5),
-        "D": decode(("K2", 0)),
-        "S": save_image(("D", 0)),
+        "D": graphs.vae_decode(("K2", 0), ("L", 2)),
+        "S": graphs.save_image(("D", 0), "native_test"),
     }
     latents, result = run_latents(comfy, graph, upscaled=("U", 0), refined=("K2", 0))
     (image,) = result.images("S")

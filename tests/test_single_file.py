@@ -325,7 +325,8 @@ def test_legacy_pickle_checkpoint_loads(core, m9_folder, m9_file, tmp_path):
 @pytest.mark.comfyui
 def test_checkpoint_in_comfyui_gives_the_folder_latent(comfy, comfy_models):
     """A single file next to the tiny m9 folder in models/altdiffusion is listed and samples what the folder samples."""
-    from test_comfyui import encode, latents_of, run_ok, sampler, save_latent
+    from graphs import encode, sampler, save_latent
+    from test_comfyui import latents_of, run_ok
 
     name = "AltDiffusion-m9-single.safetensors"
     write_ldm_checkpoint(comfy_models / "altdiffusion" / "AltDiffusion-m9", comfy_models / "altdiffusion" / name)

@@ -31,7 +31,8 @@ import pytest
 import torch
 from comfy_server import ComfyServer, PromptRejectedError, RunResult
 from factories import WEIGHT_FILES, write_altdiffusion_folder
-from test_comfyui import encode, latents_of, loads_in, sampler, save_image, save_latent
+from graphs import encode, sampler, save_image, save_latent
+from test_comfyui import latents_of, loads_in
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes" / "altdiffusion_test_nodes.py"
