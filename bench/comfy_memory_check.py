@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import runpy
 import sys
 import tempfile
 from pathlib import Path
@@ -47,9 +48,8 @@ def main(argv=None) -> int:
     import latent_preview  # noqa: F401
     from factories import write_altdiffusion_folder
 
-    sys.path.insert(0, str(ROOT))
-    import runpy
-
+    # The pack loads by path, as ComfyUI loads it (not from sys.path: its own nodes/ package would shadow ComfyUI's
+    # nodes.py for the seam's `import nodes`).
     runpy.run_path(str(ROOT / "__main__.py"), run_name="bootstrap")["load_pack"](ROOT)
     from comfyui_altdiffusion.nodes import comfy_seam, loader, sampler, text_encode, vae
 

@@ -80,8 +80,8 @@ def table(rows: list[dict], samplers: list[str], schedulers: list[str]) -> str:
 
 
 def passing(row: dict) -> float:
-    """The tests' bound for a row (``test_ksampler_parity.allowed``)."""
-    from test_ksampler_parity import allowed
+    """The tests' bound for a row (``parity_bounds.allowed``, as ``test_ksampler_parity`` applies it)."""
+    from parity_bounds import allowed
 
     return allowed(row["ksampler_vs_reordered"], row["ksampler_max_abs"])
 

@@ -51,6 +51,7 @@ from pathlib import Path
 import pytest
 import torch
 from graphs import empty_latent, encode, ksampler, loader, sampler, save_latent, unet_loader, vae_encode, vae_loader
+from parity_bounds import allowed
 from test_comfyui import latents_of, run_ok
 
 TESTS = Path(__file__).resolve().parent
@@ -59,10 +60,6 @@ ROOT = TESTS.parent
 logger = logging.getLogger(__name__)
 
 STEPS = 8
-ORDER_SPREAD = 3.0
-TOL_FLOOR_ULPS = 8
-"""Server tier: max abs diff ≤ max(ORDER_SPREAD × KSampler's distance to itself in another fp32 order, TOL_FLOOR_ULPS
-fp32 ulps of max |x|) — see the module docstring."""
 SEED = 123
 CFG = 7.0
 SIZE = 64  # pixels; 8×8 latent, the smallest size the full UNet's three downsamplings keep whole
@@ -316,11 +313,6 @@ def add_reordered(graph: dict, tag: str) -> str:
     inputs = dict(graph[f"K{tag}"]["inputs"], model=["UO", 0])
     graph[f"O{tag}"] = {"class_type": graph[f"K{tag}"]["class_type"], "inputs": inputs}
     return save(graph, f"O{tag}")
-
-
-def allowed(yardstick: float, scale: float) -> float:
-    """The server tier's bound, given KSampler's distance to itself in another order and its latent's max |x|."""
-    return max(ORDER_SPREAD * yardstick, TOL_FLOOR_ULPS * torch.finfo(torch.float32).eps * scale)
 
 
 def compare(comfy, result, theirs: str, ours: str, reordered: str) -> tuple[float, float, float]:
