@@ -38,7 +38,7 @@ PROBE_SHAPE = (1024, 640, 640)
 """(rows, in, out) of the linear ``onednn_is_faster`` times: the UNet's attention projections at 32×32 latent pixels
 (a 256² image's top level, a 512² image's second); 0.84 GFLOP, a few milliseconds per call."""
 
-PROBE_ROUNDS = 3
+PROBE_ROUNDS = 5
 """Interleaved timings per kernel; the fastest of each counts (a busy neighbour only ever adds time)."""
 
 SLOWER_BY = 1.10
@@ -74,7 +74,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 @functools.cache
 def onednn_is_faster(dtype: torch.dtype) -> bool:
     """Whether ``cpu_linear`` keeps oneDNN for ``dtype`` on this machine: False only when the probe (``time_linears``,
-    once per process and dtype, ~30 ms) finds it more than ``SLOWER_BY`` × slower than ``F.linear``."""
+    once per process and dtype, ~50 ms) finds it more than ``SLOWER_BY`` × slower than ``F.linear``."""
     op = onednn_linear_op(dtype)
     if op is None:
         return False
