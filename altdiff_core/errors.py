@@ -51,13 +51,11 @@ class SamplerInputError(StageInputError):
 
 @contextmanager
 def about(argument: str, error: type[StageInputError] = StageInputError) -> Iterator[None]:
-    """Re-raise the ``InvalidInputError`` of a check inside as ``error`` about ``argument`` (a memory refusal,
-    ``TooLargeForMemoryError``, is about a size, not one input, and passes as it is)."""
+    """Re-raise the ``InvalidInputError`` of a check inside as ``error`` about ``argument``. A memory refusal
+    (``TooLargeForMemoryError``: about a size, not one input) and an error already about an argument pass as they are."""
     try:
         yield
-    except TooLargeForMemoryError:
+    except (TooLargeForMemoryError, StageInputError):
         raise
     except InvalidInputError as err:
-        if isinstance(err, StageInputError):
-            raise
         raise error(str(err), argument).with_traceback(err.__traceback__) from None
