@@ -387,28 +387,19 @@ def _unet_flops(unet, x, tokens: int) -> tuple[int, int]:
     return counter.get_total_flops(), attention
 
 
-def worker_floor(args) -> dict:
-    sys.path.insert(0, str(ROOT))
+def matmul_rates(dtype, device: str) -> tuple[int, dict[str, float]]:
+    """(n, FLOP/s by product name) of ``n``×``n`` matrix products in ``dtype`` on ``device``, each the best of 5
+    timings: ``torch.mm``, and on a CPU oneDNN's linear too. The floor's rate is the faster of them."""
     import torch
-    from diffusers import UNet2DConditionModel
 
-    from altdiff_core import resolve_dtype
     from altdiff_core.cpu_kernels import onednn_linear_op  # the op the pack's CPU linears use, probed as they are
 
-    dtype = resolve_dtype(args.dtype, torch.device(args.device))
-    unet = UNet2DConditionModel.from_pretrained(Path(args.model), subfolder="unet", torch_dtype=dtype).to(args.device)
-    side = args.size // 8
-    x = torch.randn(2, 4, side, side, dtype=dtype, device=args.device)
-    flops, attention = _unet_flops(unet, x, TOKENS)
-    padded = default_tokens(Path(args.model))
-    flops_padded, attention_padded = _unet_flops(unet, x, padded) if padded != TOKENS else (flops, attention)
-    del unet
-    cuda = args.device.startswith("cuda")
+    cuda = device.startswith("cuda")
     # A GPU finishes a 2048² product in microseconds, below what a timer resolves, and its first calls pay for
     # kernel selection and clock ramp-up: there, a larger product, a warm-up, and batches of calls per timing.
     n, calls = (8192, 10) if cuda else (2048, 1)
-    a = torch.randn(n, n, dtype=dtype, device=args.device)
-    b = torch.randn(n, n, dtype=dtype, device=args.device)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     products = {"torch.mm": lambda: torch.mm(a, b)}
     onednn = None if cuda else onednn_linear_op(dtype)
     if onednn is not None:
@@ -425,13 +416,32 @@ def worker_floor(args) -> dict:
             continue
         best = 0.0
         for _ in range(5):
-            _sync(args.device)
+            _sync(device)
             t = time.perf_counter()
             for _ in range(calls):
                 product()
-            _sync(args.device)
+            _sync(device)
             best = max(best, calls * 2 * n**3 / (time.perf_counter() - t))
         rates[name] = best
+    return n, rates
+
+
+def worker_floor(args) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from altdiff_core import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, torch.device(args.device))
+    unet = UNet2DConditionModel.from_pretrained(Path(args.model), subfolder="unet", torch_dtype=dtype).to(args.device)
+    side = args.size // 8
+    x = torch.randn(2, 4, side, side, dtype=dtype, device=args.device)
+    flops, attention = _unet_flops(unet, x, TOKENS)
+    padded = default_tokens(Path(args.model))
+    flops_padded, attention_padded = _unet_flops(unet, x, padded) if padded != TOKENS else (flops, attention)
+    del unet
+    n, rates = matmul_rates(dtype, args.device)
     fastest = max(rates, key=rates.get)
     return {
         "dtype": str(dtype),

@@ -75,25 +75,6 @@ def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) 
     return 2 * rows * weight_shape[0] * weight_shape[1]
 
 
-def matmul_rate(dtype) -> tuple[float, str]:
-    """FLOP/s of the faster of ``torch.mm`` and oneDNN's linear on 2048² in ``dtype`` (the floor's rate)."""
-    import torch
-
-    from altdiff_core.cpu_kernels import onednn_linear_op
-
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    products = {"torch.mm": lambda: torch.mm(a, b)}
-    if (op := onednn_linear_op(dtype)) is not None:
-        products["onednn.linear"] = lambda: op(a, b, None, "none", [], "")
-    rates = {}
-    for name, product in products.items():
-        product()
-        best = min(_timed(product) for _ in range(5))
-        rates[name] = 2 * 2048**3 / best
-    fastest = max(rates, key=rates.get)
-    return rates[fastest], fastest
-
-
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -112,6 +93,7 @@ def main() -> None:
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
+    from pipeline_bench import matmul_rates
     from torch.profiler import ProfilerActivity, profile
 
     from altdiff_core.cpu_kernels import onednn_is_faster, use_cpu_kernels
@@ -128,7 +110,9 @@ def main() -> None:
     use_cpu_kernels(unet)
     onednn_is_faster(dtype)  # the linear probe's own calls must not be counted as the UNet's FLOPs
     flops = flops_by_group(unet, x, t, context)
-    rate, rate_op = matmul_rate(dtype)
+    _, rates = matmul_rates(dtype, "cpu")
+    rate_op = max(rates, key=rates.get)
+    rate = rates[rate_op]
     unet(x, t, context)  # oneDNN builds its kernels on the first call
     step = min(_timed(lambda: unet(x, t, context)) for _ in range(args.calls))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
