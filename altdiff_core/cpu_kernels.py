@@ -88,18 +88,21 @@ def onednn_is_faster(dtype: torch.dtype) -> bool:
     return keep
 
 
-def time_linears(op: Callable[..., torch.Tensor], dtype: torch.dtype) -> tuple[float, float]:
-    """Seconds of (oneDNN's ``op``, ``F.linear``) on a ``PROBE_SHAPE`` linear in ``dtype``: each one's fastest of
-    ``PROBE_ROUNDS`` interleaved calls, after one untimed call of each (oneDNN builds its kernel on the first)."""
-    rows, cin, cout = PROBE_SHAPE
+def time_linears(
+    op: Callable[..., torch.Tensor], dtype: torch.dtype, shape: tuple[int, int, int] = PROBE_SHAPE, rounds: int = PROBE_ROUNDS
+) -> tuple[float, float]:
+    """Seconds of (oneDNN's ``op``, ``F.linear``) on a linear of ``shape`` (rows, in, out) in ``dtype``: each one's
+    fastest of ``rounds`` interleaved calls, after one untimed call of each (oneDNN builds its kernel on the first).
+    ``bench/cpu_kernel_choices.py`` times the UNet's other shapes with it."""
+    rows, cin, cout = shape
     g = torch.Generator().manual_seed(0)
-    x, weight, bias = (torch.randn(shape, generator=g).to(dtype) for shape in ((rows, cin), (cout, cin), (cout,)))
+    x, weight, bias = (torch.randn(size, generator=g).to(dtype) for size in ((rows, cin), (cout, cin), (cout,)))
     kernels = (lambda: op(x, weight, bias, "none", [], ""), lambda: F.linear(x, weight, bias))
     best = [float("inf")] * len(kernels)
     with torch.no_grad():
         for kernel in kernels:
             kernel()
-        for _ in range(PROBE_ROUNDS):
+        for _ in range(rounds):
             for i, kernel in enumerate(kernels):
                 start = time.perf_counter()
                 kernel()

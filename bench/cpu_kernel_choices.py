@@ -50,7 +50,7 @@ def fastest(calls: dict, rounds: int) -> dict[str, float]:
 def linears(rounds: int) -> list[str]:
     import torch
 
-    from altdiff_core.cpu_kernels import onednn_linear_op
+    from altdiff_core.cpu_kernels import onednn_linear_op, time_linears
 
     lines = [
         "| dtype | rows × in → out | F.linear GFLOP/s | oneDNN GFLOP/s | oneDNN time / F.linear's |",
@@ -63,19 +63,11 @@ def linears(rounds: int) -> list[str]:
             lines.append(f"| {name} | – | – | no oneDNN kernel | – |")
             continue
         for rows, cin, cout in LINEAR_SHAPES:
-            t = _linear_times(op, dtype, rows, cin, cout, rounds)
+            onednn, mkl = time_linears(op, dtype, (rows, cin, cout), rounds)
             flop = 2 * rows * cin * cout
-            lines.append(f"| {name} | {rows} × {cin} → {cout} | {flop / t['mkl'] / 1e9:.0f} | {flop / t['onednn'] / 1e9:.0f} "
-                         f"| {t['onednn'] / t['mkl']:.2f} |")  # fmt: skip
+            lines.append(f"| {name} | {rows} × {cin} → {cout} | {flop / mkl / 1e9:.0f} | {flop / onednn / 1e9:.0f} "
+                         f"| {onednn / mkl:.2f} |")  # fmt: skip
     return lines
-
-
-def _linear_times(op, dtype, rows: int, cin: int, cout: int, rounds: int) -> dict[str, float]:
-    import torch
-    import torch.nn.functional as F
-
-    x, w, b = torch.randn(rows, cin, dtype=dtype), torch.randn(cout, cin, dtype=dtype), torch.randn(cout, dtype=dtype)
-    return fastest({"mkl": lambda: F.linear(x, w, b), "onednn": lambda: op(x, w, b, "none", [], "")}, rounds)
 
 
 def convolutions(rounds: int) -> list[str]:
